@@ -1,0 +1,3 @@
+from mtlue_cli.cli import main
+
+main()

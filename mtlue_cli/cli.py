@@ -1,0 +1,593 @@
+"""The `mtlue` command line: options -> config -> ONE library call -> Rich rendering (style rule 1).
+
+Nothing here imports torch at module level, so `mtlue --help` answers instantly.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Callable, Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mtlue_cli import __version__
+from mtlue_cli.config import (
+    EPSILON_PRESETS,
+    FIT_RECIPES,
+    VERIFY_RECIPES,
+    DataConfig,
+    FitConfig,
+    ProtectConfig,
+    VerifyConfig,
+    make_config,
+    parse_epsilon,
+)
+from mtlue_cli.errors import ConfigError, MtlueError
+
+EPILOG_PRESETS = ", ".join(f"{k} = {round(v * 255)}/255" for k, v in EPSILON_PRESETS.items())
+
+app = typer.Typer(
+    name="mtlue",
+    help=(
+        "Make an image dataset unlearnable: models trained on the protected copies learn nothing useful "
+        "(MTL-UE, Yu et al., ICML 2025).\n\n"
+        "Typical run: [bold]mtlue inspect[/] -> [bold]mtlue fit[/] -> [bold]mtlue protect[/] -> "
+        "[bold]mtlue verify[/]. Try [bold]mtlue demo[/] first: it needs no data of your own."
+    ),
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+console = Console(stderr=True)  # progress, tables and errors on stderr; --json output on stdout
+out_console = Console()
+
+# ----------------------------------------------------------------------------- shared options
+
+DataArg = Annotated[Path, typer.Argument(help="Folder that holds the images.", show_default=False)]
+LabelsOpt = Annotated[Optional[Path], typer.Option("--labels", "-l", help="Labels file: CSV/TSV (first column = path relative to DATA) or CelebA list_attr_celeba.txt. Omit for a folder tree or UTKFace names.")]
+LayoutOpt = Annotated[str, typer.Option(help="Label layout: auto|csv|folder|utkface|celeba.")]
+PathColumnOpt = Annotated[Optional[str], typer.Option(help="CSV column holding the image paths (default: the first).")]
+TasksOpt = Annotated[Optional[str], typer.Option(help="Comma-separated task columns to use (default: all but the path column); names the levels of a folder tree.")]
+PartitionOpt = Annotated[Optional[Path], typer.Option(help="CelebA list_eval_partition.txt.")]
+SplitOpt = Annotated[str, typer.Option(help="CelebA partition to use with --partition: train|valid|test|all.")]
+SkipBadOpt = Annotated[bool, typer.Option("--skip-bad", help="Skip unusable files and report them instead of stopping.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto|cpu|cuda|cuda:N|mps (auto: CUDA, then MPS, then CPU).")]
+SeedOpt = Annotated[int, typer.Option(help="Random seed (recorded in the outputs).")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+WorkersOpt = Annotated[int, typer.Option(help="Image decode/encode threads.")]
+GeneratorOpt = Annotated[str, typer.Option("--generator", "-g", help="A folder written by `mtlue fit`/`export`, a pretrained alias (see `mtlue export --list`), or a Hub repo id `org/name[@revision]`.")]
+
+
+def _tasks(text: str | None) -> tuple[str, ...] | None:
+    return tuple(t.strip() for t in text.split(",") if t.strip()) if text else None
+
+
+def _data_config(data: Path, labels: Path | None, layout: str, path_column: str | None, tasks: str | None,
+                 partition: Path | None, split: str, skip_bad: bool, workers: int = 2, size: int = 64) -> DataConfig:
+    if layout not in ("auto", "csv", "folder", "utkface", "celeba"):
+        raise ConfigError(f"--layout must be auto, csv, folder, utkface or celeba, not {layout!r}")
+    return DataConfig(root=data, labels=labels, layout=layout, path_column=path_column, tasks=_tasks(tasks),
+                      partition=partition, split=split, skip_bad=skip_bad, workers=workers, size=size)
+
+
+class Renderer:
+    """Turns library events into Rich progress bars and log lines (the only place that prints)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.progress: Any = None
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> Renderer:
+        if not self.quiet:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            self.progress = Progress(
+                SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn(),
+                MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                TextColumn("{task.fields[metrics]}"), console=console, transient=False,
+            )
+            self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
+    def __call__(self, kind: str, info: dict[str, Any]) -> None:
+        if kind == "log":
+            style = "yellow" if info.get("level") == "warning" else "dim"
+            if info.get("level") == "warning" or not self.quiet:
+                console.print(f"[{style}]{info['message']}[/]")
+            return
+        if self.progress is None:
+            return
+        stage = info.get("stage", "work")
+        if kind == "start":
+            self.tasks[stage] = self.progress.add_task(info.get("description", stage), total=info.get("total"), metrics="")
+        elif kind == "progress" and stage in self.tasks:
+            metrics = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                for k, v in info.items() if k not in ("stage", "done", "total"))
+            update: dict[str, Any] = {"completed": info["done"], "metrics": metrics}
+            if "total" in info:
+                update["total"] = info["total"]
+            self.progress.update(self.tasks[stage], **update)
+        elif kind == "end" and stage in self.tasks:
+            task = self.tasks.pop(stage)
+            total = self.progress.tasks[task].total if task in self.progress.task_ids else None
+            if total is not None:
+                self.progress.update(task, completed=total)
+
+
+@contextmanager
+def _errors(debug: bool) -> Iterator[None]:
+    """One place that maps errors to a red line and an exit code (style rule 7)."""
+    try:
+        yield
+    except MtlueError as error:
+        if debug:
+            console.print_exception()
+        from mtlue_cli.data import problems_of
+
+        problems = problems_of(error)
+        for problem in problems[:20]:
+            console.print(f"[red]  {problem}[/]", highlight=False)
+        if len(problems) > 20:
+            console.print(f"[red]  ... and {len(problems) - 20} more[/]")
+        console.print(f"[bold red]error:[/] {error}", highlight=False)
+        raise typer.Exit(error.exit_code) from None
+    except KeyboardInterrupt:
+        console.print("[bold red]interrupted[/] (Ctrl-C); rerun with --resume to continue")
+        raise typer.Exit(130) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as error:  # noqa: BLE001 - the last line of defence; --debug shows the traceback
+        if debug:
+            raise
+        console.print(f"[bold red]internal error:[/] {type(error).__name__}: {error}  (rerun with --debug for the traceback)", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        out_console.print(f"mtlue {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    """mtlue: protect image datasets against unauthorised training."""
+
+
+# ----------------------------------------------------------------------------- inspect
+
+
+@app.command(epilog="Examples:\n\n  mtlue inspect ./photos --labels attrs.csv\n\n  mtlue inspect ./UTKFace --layout utkface --json")
+def inspect(
+    data: DataArg,
+    labels: LabelsOpt = None,
+    layout: LayoutOpt = "auto",
+    path_column: PathColumnOpt = None,
+    tasks: TasksOpt = None,
+    partition: PartitionOpt = None,
+    split: SplitOpt = "train",
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
+    workers: WorkersOpt = 2,
+    debug: DebugOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Dry run: tasks, classes, counts, image modes and problems, before any training."""
+    with _errors(debug):
+        from mtlue_cli.data import inspect_dataset
+
+        cfg = _data_config(data, labels, layout, path_column, tasks, partition, split, False, workers)
+        with Renderer(quiet or json_out) as render:
+            report = inspect_dataset(cfg, on_event=render)
+    if json_out:
+        out_console.print_json(json.dumps(report.to_dict()))
+        return
+    console.print(f"[bold]{report.images}[/] usable images in {report.root} (layout: {report.layout}"
+                  + (f", labels: {report.labels_file})" if report.labels_file else ")"))
+    for task in report.tasks:
+        table = Table(title=f"task [bold]{task.name}[/] ({len(task.classes)} classes, majority {task.majority_share:.1%})",
+                      title_justify="left")
+        table.add_column("class")
+        table.add_column("images", justify="right")
+        table.add_column("share", justify="right")
+        total = sum(task.counts) or 1
+        for cls, count in zip(task.classes, task.counts):
+            table.add_row(cls, str(count), f"{count / total:.1%}")
+        console.print(table)
+    sizes = ", ".join(f"{k} x{v}" for k, v in list(report.sizes.items())[:5])
+    console.print(f"sizes: {sizes}{' ...' if len(report.sizes) > 5 else ''}")
+    console.print("modes: " + ", ".join(f"{k} x{v}" for k, v in report.modes.items()))
+    if report.flags:
+        console.print("notes: " + ", ".join(f"{k} x{v}" for k, v in report.flags.items()))
+    console.print(f"estimated protected output (lossless PNG, rough): {report.estimated_output_bytes / 1e6:.1f} MB")
+    if report.problems:
+        console.print(f"[yellow]{len(report.problems)} problem(s):[/]")
+        for p in report.problems[:50]:
+            row = f" (row {p['row']})" if p["row"] else ""
+            console.print(f"[yellow]  {p['path']}{row}: {p['reason']}[/]", highlight=False)
+        raise typer.Exit(1)
+    console.print("[green]no problems found[/]")
+
+
+
+# ----------------------------------------------------------------------------- fit
+
+
+@app.command(epilog=(
+    "Strength presets (--preset): " + EPILOG_PRESETS + ". --epsilon overrides (8/255, 0.0314 or 8).\n\n"
+    "Recipes (--recipe): quick = CPU-sized (32 px, 12 epochs: smaller working size and fewer epochs than the "
+    "paper, method-spec §14.3); paper-utkface = 140 px, crop 128, batch 128, 100 epochs; paper-celeba = 70 px, "
+    "crop 64, batch 512. auto = paper-utkface on a GPU, quick on the CPU.\n\n"
+    "Examples:\n\n  mtlue fit ./faces --labels attrs.csv --method tap --quick --out gen/\n\n"
+    "  torchrun --nproc_per_node 4 -m mtlue_cli fit ./faces --labels attrs.csv --recipe paper-utkface --out gen/"
+))
+def fit(
+    data: DataArg,
+    labels: LabelsOpt = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the generator to.")] = Path("runs/generator"),
+    method: Annotated[str, typer.Option(help="Base objective: em|tap|sep (method-spec §3.2).")] = "tap",
+    preset: Annotated[str, typer.Option(help="Strength: low|medium|high (L-inf 4, 8, 16 /255).")] = "medium",
+    epsilon: Annotated[Optional[str], typer.Option(help="Explicit L-inf budget; overrides --preset.")] = None,
+    recipe: Annotated[str, typer.Option(help="auto|quick|paper-utkface|paper-celeba (see below).")] = "auto",
+    quick: Annotated[bool, typer.Option("--quick", help="Shorthand for --recipe quick.")] = False,
+    size: Annotated[Optional[int], typer.Option(help="Working resolution in px (overrides the recipe).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Cap on generator epochs.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Batch size.")] = None,
+    surrogate_epochs: Annotated[Optional[int], typer.Option(help="Clean surrogate epochs (TAP/SEP).")] = None,
+    stop_error: Annotated[Optional[float], typer.Option(help="Stop when the surrogate's error on x+δ against the method's targets is at most this.")] = None,
+    lambda_intra: Annotated[Optional[float], typer.Option(help="Intra-task embedding regulariser weight (10).")] = None,
+    lambda_inter: Annotated[Optional[float], typer.Option(help="Inter-task embedding regulariser weight (200).")] = None,
+    intra_form: Annotated[Optional[str], typer.Option(help="code|paper form of the intra-task regulariser.")] = None,
+    tap_binary: Annotated[Optional[str], typer.Option(help="auto|untargeted|targeted objective for binary tasks.")] = None,
+    sep_recompute: Annotated[bool, typer.Option("--sep-recompute", help="SEP: regenerate δ per checkpoint, the official (slow) loop.")] = False,
+    sep_paper_weighting: Annotated[bool, typer.Option("--sep-paper-weighting", help="SEP: official BN momentum (method-spec §14.1).")] = False,
+    em_stop_mode: Annotated[Optional[str], typer.Option(help="EM stop check with the surrogate in eval (ours) or train (official) mode.")] = None,
+    unprotected: TasksOpt = None,
+    surrogate: Annotated[Optional[str], typer.Option(help="Surrogate trunk: resnet18|resnet50|vgg16|densenet121|vit_b_16.")] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option(help="Save a resumable checkpoint every N epochs.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
+    amp: Annotated[str, typer.Option(help="auto|bf16|fp16|off (CUDA only).")] = "auto",
+    layout: LayoutOpt = "auto",
+    path_column: PathColumnOpt = None,
+    tasks: TasksOpt = None,
+    partition: PartitionOpt = None,
+    split: SplitOpt = "train",
+    skip_bad: SkipBadOpt = False,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = 0,
+    workers: WorkersOpt = 2,
+    debug: DebugOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train a protection generator on your labelled images (EM, TAP or SEP + the MTL-UE regularisers)."""
+    with _errors(debug):
+        from mtlue_cli.data import load_dataset
+        from mtlue_cli.engine import resolve_device
+        from mtlue_cli.fit import fit_generator
+
+        if preset not in EPSILON_PRESETS:
+            raise ConfigError(f"--preset must be one of {', '.join(EPSILON_PRESETS)}")
+        name = "quick" if quick else recipe
+        if name == "auto":
+            name = "paper-utkface" if resolve_device(device).type == "cuda" else "quick"
+        if name not in FIT_RECIPES:
+            raise ConfigError(f"--recipe must be auto or one of {', '.join(FIT_RECIPES)}")
+        cfg = make_config(
+            FitConfig, FIT_RECIPES[name], method=method, epsilon=parse_epsilon(epsilon or preset), image_size=size,
+            epochs=epochs, batch_size=batch_size, surrogate_epochs=surrogate_epochs, stop_error=stop_error,
+            lambda_intra=lambda_intra, lambda_inter=lambda_inter, intra_form=intra_form, tap_binary=tap_binary,
+            sep_recompute=sep_recompute, sep_paper_weighting=sep_paper_weighting, em_stop_mode=em_stop_mode,
+            unprotected=_tasks(unprotected), surrogate=surrogate, checkpoint_every=checkpoint_every, resume=resume,
+            amp=amp, device=device, seed=seed,
+        )
+        if (out / "model.safetensors").exists() and not resume:
+            raise ConfigError(f"{out} already holds a generator; choose another --out or pass --resume")
+        data_cfg = _data_config(data, labels, layout, path_column, tasks, partition, split, skip_bad, workers, cfg.image_size)
+        console.print(f"recipe [bold]{name}[/]: {cfg.image_size} px, {cfg.epochs} epochs max, batch {cfg.batch_size}, "
+                      f"epsilon {cfg.epsilon * 255:.4g}/255, method {cfg.method.upper()}")
+        with Renderer(quiet) as render:
+            dataset = load_dataset(data_cfg, on_event=render)
+            result = fit_generator(dataset, cfg, out, on_event=render)
+    _report_skipped(dataset.skipped)
+    names = dataset.spec.names
+    table = Table(title="surrogate accuracy on the training set", title_justify="left")
+    table.add_column("task")
+    table.add_column("clean images", justify="right")
+    table.add_column("protected (x+δ)", justify="right")
+    for k, task in enumerate(names):
+        table.add_row(task, f"{result.surrogate_clean_acc[k]:.1%}" if result.surrogate_clean_acc else "-",
+                      f"{result.attacked_train_acc[k]:.1%}")
+    console.print(table)
+    stop = "reached" if result.stopped_early else "not reached (epoch cap)"
+    console.print(f"{result.epochs_run} epochs in {result.seconds:.0f} s; stop error {result.final_error:.4f} "
+                  f"(target {result.stop_error:g}, {stop})")
+    console.print(f"[green]generator written to {out}[/]  next: mtlue protect {data} --generator {out} --out PROTECTED")
+
+
+def _report_skipped(skipped: list[Any]) -> None:
+    if skipped:
+        console.print(f"[yellow]{len(skipped)} file(s) skipped:[/]")
+        for problem in skipped[:50]:
+            console.print(f"[yellow]  {problem}[/]", highlight=False)
+
+
+# ----------------------------------------------------------------------------- protect
+
+
+@app.command(epilog=(
+    "Output: the input tree mirrored under --out with names kept, lossless PNG by default, labels.csv with "
+    "rewritten paths, manifest.jsonl (one line per file: hashes, measured L-inf, PSNR, SSIM) and run.json. "
+    "Exit code 3 when some files failed.\n\n"
+    "Examples:\n\n  mtlue protect ./photos --labels attrs.csv --generator gen/ --out ./photos-protected\n\n"
+    "  mtlue protect ./UTKFace --generator org/mtlue-utkface@v1 --out ./utk-protected --holdout 0.2 --preview 8"
+))
+def protect(
+    data: DataArg,
+    generator: GeneratorOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (must not be inside DATA).")],
+    labels: LabelsOpt = None,
+    revision: Annotated[Optional[str], typer.Option(help="Hub revision (branch, tag or commit).")] = None,
+    format: Annotated[str, typer.Option("--format", help="png|webp (lossless) or jpeg (lossy, weakens protection).")] = "png",
+    quality: Annotated[int, typer.Option(help="JPEG quality.")] = 95,
+    metadata: Annotated[str, typer.Option(help="strip|keep-safe (copyright, artist, ICC)|keep-all.")] = "strip",
+    tag_no_ai: Annotated[bool, typer.Option("--tag-no-ai", help="Write the IPTC/PLUS 'prohibited for AI/ML training' XMP field.")] = False,
+    holdout: Annotated[float, typer.Option(help="Leave this seeded fraction out (the clean test split for `verify --test-split`).")] = 0.0,
+    resume: Annotated[bool, typer.Option("--resume", help="Skip files already written (manifest + hash match).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder's files.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Stop at the first file that fails.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Images per generator batch.")] = 32,
+    preview: Annotated[int, typer.Option(help="Write OUT.preview.png with N rows: original, protected, amplified δ.")] = 0,
+    amp: Annotated[str, typer.Option(help="auto|bf16|fp16|off (CUDA only).")] = "auto",
+    layout: LayoutOpt = "auto",
+    path_column: PathColumnOpt = None,
+    tasks: TasksOpt = None,
+    partition: PartitionOpt = None,
+    split: SplitOpt = "train",
+    skip_bad: SkipBadOpt = False,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = 0,
+    workers: WorkersOpt = 2,
+    debug: DebugOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Write a protected copy of every labelled image (originals are never modified)."""
+    with _errors(debug):
+        from mtlue_cli.hub import load_generator
+        from mtlue_cli.protect import protect_dataset
+
+        cfg = ProtectConfig(format=format, quality=quality, metadata=metadata, tag_no_ai=tag_no_ai, resume=resume,
+                            overwrite=overwrite, strict=strict, batch_size=batch_size, workers=workers, preview=preview,
+                            holdout=holdout, seed=seed, device=device, amp=amp)
+        loaded = load_generator(generator, revision=revision)
+        data_cfg = _data_config(data, labels, layout, path_column, tasks, partition, split, True, workers, loaded.model.image_size)
+        data_cfg = DataConfig(**{**data_cfg.__dict__, "skip_bad": skip_bad})
+        with Renderer(quiet) as render:
+            report = protect_dataset(loaded, data_cfg, out, cfg, on_event=render)
+    _render_protect(report)
+    if report.failed:
+        raise typer.Exit(3)
+
+
+def _render_protect(report: Any) -> None:
+    table = Table(title="protect summary", title_justify="left", show_header=False)
+    table.add_column()
+    table.add_column(justify="right")
+    table.add_row("written", str(report.written))
+    table.add_row("already done (--resume)", str(report.resumed))
+    table.add_row("held out (clean test split)", str(report.held_out))
+    table.add_row("failed", str(len(report.failed)))
+    ok = report.max_linf_255 <= round(report.epsilon_255) or report.format == "jpeg"
+    table.add_row("max measured L-inf (files as written)", f"[{'green' if ok else 'red'}]{report.max_linf_255}/255[/] (budget {report.epsilon_255:.4g}/255)")
+    table.add_row("mean PSNR / SSIM", f"{report.mean_psnr:.2f} dB / {report.mean_ssim:.4f}")
+    table.add_row("time", f"{report.seconds:.1f} s ({report.images_per_second:.1f} img/s)")
+    console.print(table)
+    for failed in report.failed[:50]:
+        console.print(f"[red]  failed: {failed.source}: {failed.reason}[/]", highlight=False)
+    if report.preview:
+        console.print(f"preview: {report.preview}")
+    console.print(f"[green]protected copies in {report.out}[/] (manifest.jsonl, run.json, labels.csv)")
+
+
+# ----------------------------------------------------------------------------- verify
+
+
+@app.command(epilog=(
+    "Exit codes: 0 = every task at or below the majority baseline + --threshold points (protection effective), "
+    "4 = some task above it, 1 = error.\n\n"
+    "Examples:\n\n  mtlue protect ./photos -l attrs.csv -g gen/ -o prot/ --holdout 0.2 && "
+    "mtlue verify --clean ./photos --protected prot/ -l attrs.csv --test-split 0.2\n\n"
+    "  mtlue verify --clean ./photos --protected prot/ -l attrs.csv --test ./held-out --defense none,jpeg10,grayscale,bdr2"
+))
+def verify(
+    clean: Annotated[Path, typer.Option("--clean", help="Folder with the original images.")],
+    protected: Annotated[Path, typer.Option("--protected", help="Folder written by `mtlue protect`.")],
+    labels: LabelsOpt = None,
+    test: Annotated[Optional[Path], typer.Option("--test", help="A separate folder of clean test images (same labels layout).")] = None,
+    test_labels: Annotated[Optional[Path], typer.Option(help="Labels for --test (default: --labels).")] = None,
+    test_split: Annotated[float, typer.Option(help="Seeded fraction of --clean used as the clean test set (protect it with the same --holdout).")] = 0.2,
+    victim: Annotated[str, typer.Option(help="resnet18|resnet50|vgg16|densenet121|vit_b_16 (torchvision, no download).")] = "resnet18",
+    recipe: Annotated[str, typer.Option(help="quick (15 epochs) | paper (60 epochs, method-spec §6.2).")] = "quick",
+    epochs: Annotated[Optional[int], typer.Option(help="Victim epochs (overrides --recipe).")] = None,
+    res: Annotated[Optional[int], typer.Option(help="Training resolution (default: the generator's working size from run.json, else 64).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Victim batch size.")] = 128,
+    weighting: Annotated[str, typer.Option(help="Task weighting: ew|uw|rlw.")] = "ew",
+    defense: Annotated[str, typer.Option("--defense", help="Comma list: none, grayscale, jpegQ, bdrB (e.g. none,grayscale,jpeg10,bdr2).")] = "none",
+    adv_train: Annotated[bool, typer.Option("--adv-train", help="PGD adversarial training of the victim (slow).")] = False,
+    stl: Annotated[bool, typer.Option("--stl", help="Also train one single-task victim per task.")] = False,
+    threshold: Annotated[float, typer.Option(help="Points above the majority baseline that still count as protected.")] = 5.0,
+    json_file: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON to this file.")] = None,
+    amp: Annotated[str, typer.Option(help="auto|bf16|fp16|off (CUDA only).")] = "auto",
+    layout: LayoutOpt = "auto",
+    path_column: PathColumnOpt = None,
+    tasks: TasksOpt = None,
+    skip_bad: SkipBadOpt = False,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = 0,
+    workers: WorkersOpt = 2,
+    debug: DebugOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train quick victims on the protected files as written and on the originals; test both on clean images."""
+    with _errors(debug):
+        from mtlue_cli.verify import verify as run_verify
+
+        if recipe not in VERIFY_RECIPES:
+            raise ConfigError(f"--recipe must be one of {', '.join(VERIFY_RECIPES)}")
+        size = res or _working_size(protected)
+        cfg = make_config(VerifyConfig, VERIFY_RECIPES[recipe], victim=victim, epochs=epochs, res=size,
+                          batch_size=batch_size, weighting=weighting, defenses=_tasks(defense) or ("none",),
+                          adv_train=adv_train, stl=stl, test_split=test_split, threshold=threshold, seed=seed,
+                          device=device, amp=amp)
+        clean_cfg = _data_config(clean, labels, layout, path_column, tasks, None, "all", skip_bad, workers, size)
+        test_cfg = (_data_config(test, test_labels or labels, layout, path_column, tasks, None, "all", skip_bad, workers, size)
+                    if test is not None else None)
+        with Renderer(quiet) as render:
+            report = run_verify(clean_cfg, protected, cfg, test_cfg, on_event=render)
+    render_verify(report)
+    if json_file is not None:
+        json_file.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    raise typer.Exit(0 if report.effective else 4)
+
+
+def _working_size(protected: Path) -> int:
+    """Victims train at the generator's working size, recorded by protect in run.json."""
+    try:
+        return int(json.loads((protected / "run.json").read_text())["generator"]["image_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 64
+
+
+def render_verify(report: Any) -> None:
+    table = Table(title="victim accuracy on clean test images (lower is better for you)", title_justify="left")
+    for col in ("task", "majority", "clean-trained", "protected-trained", "drop", "best epoch", "train acc (protected)"):
+        table.add_column(col, justify="left" if col == "task" else "right")
+    extra = [d for d in report.defenses if d != "none"]
+    for d in extra:
+        table.add_column(f"with {d}", justify="right")
+    for row in report.tasks:
+        limit = row.majority + report.threshold / 100
+        colour = "green" if row.protected_acc <= limit else "red"
+        table.add_row(row.task, f"{row.majority:.1%}", f"{row.clean_acc:.1%}", f"[{colour}]{row.protected_acc:.1%}[/]",
+                      f"{row.drop * 100:+.1f}".replace("+", "-", 1) if row.drop > 0 else f"{-row.drop * 100:+.1f}",
+                      f"{row.protected_best:.1%}", f"{row.protected_train_acc:.1%}",
+                      *(f"{row.by_defense[d]:.1%}" for d in extra))
+    mean = report.to_dict()["mean"]
+    table.add_row("[bold]mean[/]", f"{mean['majority']:.1%}", f"{mean['clean_acc']:.1%}", f"{mean['protected_acc']:.1%}",
+                  f"-{(mean['clean_acc'] - mean['protected_acc']) * 100:.1f}", "", f"{mean['protected_train_acc']:.1%}",
+                  *(f"{mean['by_defense'][d]:.1%}" for d in extra))
+    console.print(table)
+    if any(row.stl_protected_acc is not None for row in report.tasks):
+        stl = Table(title="single-task victims", title_justify="left")
+        for col in ("task", "clean-trained", "protected-trained"):
+            stl.add_column(col)
+        for row in report.tasks:
+            stl.add_row(row.task, f"{row.stl_clean_acc:.1%}", f"{row.stl_protected_acc:.1%}")
+        console.print(stl)
+    q = report.quality
+    if q:
+        console.print(f"protected files: max L-inf {q['max_linf_255']}/255, mean PSNR {q['mean_psnr']:.2f} dB, "
+                      f"mean SSIM {q['mean_ssim']:.4f} ({q['files']} files)")
+    console.print(f"recipe: {report.recipe}; {report.train_images} training / {report.test_images} test images; "
+                  f"{report.seconds:.0f} s")
+    if report.effective:
+        console.print(f"[bold green]protection effective[/]: every task is within {report.threshold:g} points of the "
+                      "majority baseline when trained on the protected files")
+    else:
+        failing = [r.task for r in report.tasks if r.protected_acc > r.majority + report.threshold / 100]
+        console.print(f"[bold red]protection NOT effective[/] for {', '.join(failing)} (above majority + {report.threshold:g} points)")
+    if extra and report.failing:
+        console.print(f"[yellow]tasks above the threshold under some defence: {', '.join(report.failing)} "
+                      "(see the 'with ...' columns)[/]")
+
+
+# ----------------------------------------------------------------------------- export
+
+
+@app.command(epilog=(
+    "Examples:\n\n  mtlue export runs/generator --to ./my-generator --verify-report verify.json\n\n"
+    "  mtlue export runs/generator --to ./my-generator --push my-org/mtlue-faces --private\n\n"
+    "  mtlue export --list"
+))
+def export(
+    generator: Annotated[Optional[str], typer.Argument(help="Generator: folder, alias or Hub id.", show_default=False)] = None,
+    to: Annotated[Optional[Path], typer.Option("--to", help="Folder to write the self-contained generator to.")] = None,
+    verify_report: Annotated[Optional[Path], typer.Option(help="A `verify --json` file to put in the model card.")] = None,
+    push: Annotated[Optional[str], typer.Option("--push", help="Upload to this Hub repo id (token from HF_TOKEN / `hf auth login`).")] = None,
+    private: Annotated[bool, typer.Option("--private", help="Create the Hub repo as private.")] = False,
+    revision: Annotated[Optional[str], typer.Option(help="Revision to load (Hub), or branch to push to.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace files in a non-empty --to.")] = False,
+    list_aliases: Annotated[bool, typer.Option("--list", help="List the pretrained aliases and exit.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Save a generator as a self-contained folder with a model card, or publish it on the Hugging Face Hub."""
+    with _errors(debug):
+        from mtlue_cli.hub import registry
+
+        if list_aliases:
+            table = Table(title="pretrained aliases", title_justify="left")
+            for col in ("alias", "repo", "revision", "size", "tasks"):
+                table.add_column(col)
+            for alias, entry in registry().items():
+                table.add_row(alias, entry["repo_id"], entry["revision"][:12], str(entry["image_size"]),
+                              ", ".join(f"{k}({len(v)})" for k, v in entry["tasks"].items()))
+            console.print(table)
+            return
+        if generator is None or (to is None and push is None):
+            raise ConfigError("give a GENERATOR and --to DIR and/or --push REPO_ID (or --list)")
+        from mtlue_cli.export import export_generator, push_generator
+        from mtlue_cli.hub import load_generator
+
+        loaded = load_generator(generator, revision=None if push else revision)
+        folder = to
+        if folder is None:
+            import tempfile
+
+            folder = Path(tempfile.mkdtemp(prefix="mtlue-export-"))
+        export_generator(loaded, folder, verify_report, overwrite)
+        console.print(f"[green]generator exported to {folder}[/] (model.safetensors, config.json, README.md)")
+        if push:
+            url = push_generator(folder, push, private=private, revision=revision)
+            console.print(f"[green]pushed to {push}[/]: {url}")
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+@app.command(epilog="Example:\n\n  mtlue demo --out mtlue-demo")
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the demo's data, protected copies and preview.")] = Path("mtlue-demo"),
+    generator: Annotated[str, typer.Option("--generator", "-g", help="Generator to use.")] = "demo-shapes",
+    images: Annotated[int, typer.Option(help="Synthetic images to make.")] = 600,
+    epochs: Annotated[int, typer.Option(help="Victim epochs.")] = 10,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = 0,
+    debug: DebugOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Protect and verify a built-in synthetic multi-task image set: no data of your own needed (a few minutes on a CPU)."""
+    with _errors(debug):
+        from mtlue_cli.demo import run_demo
+
+        with Renderer(quiet) as render:
+            report = run_demo(out, generator=generator, images=images, epochs=epochs, device=device, seed=seed, on_event=render)
+    _render_protect(report.protect)
+    render_verify(report.verify)
+    console.print(f"originals: {report.data}   protected: {report.protected}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,181 @@
+"""Frozen configuration dataclasses and the presets that hold the paper's numbers.
+
+Every CLI flag maps to one field of the same name (style rule 3). Presets are plain dicts of field
+values; `make_config` applies a preset, then the user's explicit flags on top.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mtlue_cli.errors import ConfigError
+
+# Named strengths map to an explicit L-inf budget (ecosystem §1.6, §5 "Presets").
+EPSILON_PRESETS: dict[str, float] = {"low": 4 / 255, "medium": 8 / 255, "high": 16 / 255}
+
+LAYOUTS = ("auto", "csv", "folder", "utkface", "celeba")
+METHODS = ("em", "tap", "sep")
+DEVICES_HELP = "auto|cpu|cuda|cuda:N|mps"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images and labels are and how to read them."""
+
+    root: Path
+    labels: Path | None = None
+    layout: str = "auto"
+    path_column: str | None = None
+    tasks: tuple[str, ...] | None = None
+    partition: Path | None = None  # CelebA list_eval_partition.txt
+    split: str = "train"  # CelebA partition to use: train|valid|test|all
+    size: int = 64  # working resolution (square) fed to the generator / victims
+    skip_bad: bool = False
+    cache: str = "auto"  # auto|memory|mmap: where the decoded uint8 images live
+    workers: int = 2  # decode threads
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Generator training (method-spec §4). Defaults are the UTKFace multi-class script (§4.6)."""
+
+    method: str = "tap"
+    epsilon: float = 8 / 255  # §2.3; the official 0.0314 overshoots 8/255 (§13.3)
+    image_size: int = 64
+    stem: str = "cifar"  # generator stem (§2.1)
+    epochs: int = 100  # cap on generation steps (§4.6)
+    batch_size: int = 128
+    lr: float = 1e-3  # §4.1
+    weight_decay: float = 1e-4
+    milestones: tuple[int, ...] = (60, 80)  # MultiStepLR in scheduler steps (§4.1)
+    scheduler_steps_per_epoch: int | None = None  # None: 1, or 4 for SEP (§4.4 compressed schedule)
+    lambda_intra: float = 10.0  # §3.1
+    lambda_inter: float = 200.0
+    intra_form: str = "code"  # code|paper (§3.1)
+    stop_error: float | None = None  # None: the method's default (§4.6)
+    crop: int | None = None  # surrogate crop; None: 128/140 of the working size (§6.3)
+    augment: bool = True
+    tap_binary: str = "auto"  # auto|untargeted|targeted (§3.2, §13.6)
+    surrogate: str = "resnet18"
+    surrogate_stem: str = "imagenet"  # the paper's victim trunk (§6.1)
+    surrogate_epochs: int = 60  # §5
+    surrogate_milestones: tuple[int, ...] = (36, 48)
+    sep_every: int = 4  # SEP checkpoint interval in surrogate epochs (§5)
+    sep_recompute: bool = False  # True: recompute δ per checkpoint, the official cost (§11)
+    sep_paper_weighting: bool = False  # True: regularisers ×n_ckpt and BN momentum 0.79 (§14.1)
+    em_train_steps: int = 2  # surrogate minibatches per generation step (§4.2)
+    em_stop_mode: str = "eval"  # eval|train: BN mode of the EM stop check (§14.1)
+    unprotected: tuple[str, ...] = ()  # tasks left learnable (§2.4)
+    conditioning: str = "full"  # full|classwise|z_only (§2.2 ablations)
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"  # auto|bf16|fp16|off (autocast on CUDA only)
+    checkpoint_every: int = 5
+    resume: bool = False
+
+
+@dataclass(frozen=True)
+class ProtectConfig:
+    """Writing protected copies (issue #5)."""
+
+    format: str = "png"  # png|webp|jpeg
+    quality: int = 95  # jpeg only
+    metadata: str = "strip"  # strip|keep-safe|keep-all
+    tag_no_ai: bool = False
+    resume: bool = False
+    overwrite: bool = False
+    strict: bool = False
+    batch_size: int = 32
+    workers: int = 2
+    preview: int = 0
+    holdout: float = 0.0  # fraction left out (the clean test split of `verify --test-split`)
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """Victim training on the written files (method-spec §6)."""
+
+    victim: str = "resnet18"
+    victim_stem: str = "imagenet"  # §6.1: the paper's ResNet victims use the ImageNet stem
+    epochs: int = 60
+    milestones: tuple[int, ...] | None = None  # None: 60% and 80% of the epochs (§6.2)
+    res: int | None = None  # None: the dataset's working size
+    crop: int | None = None
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    weighting: str = "ew"  # ew|uw|rlw (§6.5)
+    defenses: tuple[str, ...] = ("none",)
+    adv_train: bool = False
+    stl: bool = False
+    test_split: float = 0.2
+    threshold: float = 5.0  # points above the majority baseline that still count as protected
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"
+    time_budget: float | None = None  # seconds; picks the epochs to fit
+
+
+# Recipes: whole-run presets. "paper-*" hold the published settings; "quick" is sized for a 2-core CPU
+# (method-spec §14.3: a 64-px generator epoch over 2,400 images costs ~3.5 min there), so it shrinks
+# the working size and the epochs and says so in --help.
+FIT_RECIPES: dict[str, dict[str, Any]] = {
+    "paper-utkface": dict(image_size=140, crop=128, batch_size=128, epochs=100, surrogate_epochs=60),
+    "paper-celeba": dict(image_size=70, crop=64, batch_size=512, epochs=100, surrogate_epochs=60),
+    "quick": dict(
+        image_size=32, crop=28, batch_size=64, epochs=12, milestones=(8, 10),
+        surrogate_epochs=12, surrogate_milestones=(8, 10), sep_every=2, checkpoint_every=4,
+    ),
+}
+VERIFY_RECIPES: dict[str, dict[str, Any]] = {
+    "paper": dict(epochs=60),
+    "quick": dict(epochs=15),
+}
+
+T = TypeVar("T")
+
+
+def make_config(cls: type[T], recipe: dict[str, Any] | None = None, **overrides: Any) -> T:
+    """Build `cls` from its defaults, then `recipe`, then the non-None `overrides` (explicit flags)."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values: dict[str, Any] = dict(recipe or {})
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = set(values) - names
+    if unknown:
+        raise ConfigError(f"unknown option(s) for {cls.__name__}: {', '.join(sorted(unknown))}")
+    return cls(**values)
+
+
+def parse_epsilon(text: str) -> float:
+    """'8/255', '0.0314', '8' (read as /255) or a preset name -> a fraction in (0, 1)."""
+    text = text.strip().lower()
+    if text in EPSILON_PRESETS:
+        return EPSILON_PRESETS[text]
+    try:
+        if "/" in text:
+            num, den = text.split("/", 1)
+            value = float(num) / float(den)
+        else:
+            value = float(text)
+            if value >= 1:  # integers like 8 mean 8/255, as the research CLIs write it
+                value /= 255
+    except ValueError:
+        raise ConfigError(
+            f"epsilon {text!r} is not a number: write e.g. 8/255, 0.0314, 8 or one of "
+            f"{', '.join(EPSILON_PRESETS)}"
+        ) from None
+    if not 0 < value <= 64 / 255:
+        raise ConfigError(f"epsilon {text!r} = {value:.4f} is outside (0, 64/255]")
+    return value
+
+
+def default_crop(size: int) -> int:
+    """The paper crops 128 of 140 and 64 of 70 (§6.3): about 91% of the stored size."""
+    return max(8, round(size * 128 / 140))
+

@@ -1,0 +1,317 @@
+"""Classifier training and evaluation shared by surrogate pre-training, EM's inner steps and `verify`.
+
+Also the run plumbing every command needs: device resolution, autocast, seeding, per-sample
+augmentation and torch.distributed (DDP) sharding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn as nn
+
+from mtlue_cli.classifiers import predict, task_losses
+from mtlue_cli.errors import ConfigError
+from mtlue_cli.events import OnEvent, noop
+
+# ----------------------------------------------------------------------------- run plumbing
+
+
+def resolve_device(spec: str = "auto", local_rank: int | None = None) -> torch.device:
+    """auto: CUDA, then MPS, then CPU. Under torchrun each rank takes its LOCAL_RANK GPU."""
+    spec = spec.strip().lower()
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank or 0)
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(f"--device {spec!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+        if device.index is None and local_rank is not None:
+            device = torch.device("cuda", local_rank)
+        if (device.index or 0) >= torch.cuda.device_count():
+            raise ConfigError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--device mps was asked for but MPS is not available here; use --device cpu")
+    return device
+
+
+def autocast(device: torch.device, amp: str = "auto") -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on CUDA by default (fp16 on request); full precision elsewhere."""
+    if device.type != "cuda" or amp == "off":
+        return contextlib.nullcontext()
+    if amp not in ("auto", "bf16", "fp16"):
+        raise ConfigError(f"--amp must be auto, bf16, fp16 or off, not {amp!r}")
+    dtype = torch.float16 if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()) else torch.bfloat16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def needs_grad_scaler(device: torch.device, amp: str) -> bool:
+    return device.type == "cuda" and (amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()))
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed once, explicitly (method-spec §14.1); returns the generator that drives shuffles/crops."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:  # pragma: no cover
+        pass
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return gen
+
+
+@dataclass
+class Dist:
+    """torch.distributed context from torchrun's environment; world 1 when not launched by torchrun."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> Dist:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        return cls(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def init(self, device: torch.device) -> None:
+        import torch.distributed as td
+
+        if self.enabled and not td.is_initialized():
+            td.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
+        if not self.enabled:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def shard(self, indices: torch.Tensor) -> torch.Tensor:
+        """Each rank takes every world-th index of the same permutation (DistributedSampler's rule)."""
+        return indices[self.rank :: self.world] if self.enabled else indices
+
+    def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            import torch.distributed as td
+
+            td.all_reduce(tensor)
+        return tensor
+
+    def barrier(self) -> None:
+        if self.enabled:
+            import torch.distributed as td
+
+            td.barrier()
+
+
+def batch_indices(n: int, batch_size: int, shuffle: bool, gen: torch.Generator | None, drop_last: bool = False,
+                  dist: Dist | None = None) -> Iterator[torch.Tensor]:
+    order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
+    if dist is not None:
+        order = dist.shard(order)
+    m = len(order)
+    # drop_last only when something is left (§14.2 victims drop the last batch; tiny sets must not lose all).
+    stop = m - m % batch_size if drop_last and m >= batch_size else m
+    for start in range(0, stop, batch_size):
+        yield order[start : start + batch_size]
+
+
+def to_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 (B,C,H,W) -> float in [0,1] on `device`; no mean/std normalisation (method-spec §14.2)."""
+    return images.to(device, non_blocking=True).float().div_(255)
+
+
+def augment(x: torch.Tensor, crop: int, gen: torch.Generator | None = None) -> torch.Tensor:
+    """Per-sample RandomCrop(crop) + horizontal flip, differentiable (the official code shares one crop
+    per batch, method-spec §13.5; victims augment per sample, so we do too)."""
+    b, _, h, w = x.shape  # (B,C,H,W)
+    oy = torch.randint(0, h - crop + 1, (b,), generator=gen).to(x.device)
+    ox = torch.randint(0, w - crop + 1, (b,), generator=gen).to(x.device)
+    flip = (torch.rand(b, generator=gen) < 0.5).to(x.device)
+    ar = torch.arange(crop, device=x.device)
+    rows = (oy[:, None] + ar)  # (B,crop)
+    cols = ox[:, None] + ar
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    bi = torch.arange(b, device=x.device)[:, None, None]
+    out = x.permute(0, 2, 3, 1)[bi, rows[:, :, None], cols[:, None, :]]  # (B,crop,crop,C)
+    return out.permute(0, 3, 1, 2)
+
+
+def center_crop(x: torch.Tensor, crop: int) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    top, left = (h - crop) // 2, (w - crop) // 2
+    return x[..., top : top + crop, left : left + crop]
+
+
+# ----------------------------------------------------------------------------- classifier training
+
+
+class ClassifierTrainer:
+    """Adam + MultiStepLR + grad-norm clip 5 (method-spec §6.2), with EW/UW/RLW task weighting (§6.5)."""
+
+    def __init__(self, model: nn.Module, num_classes: list[int], *, lr: float = 1e-3, weight_decay: float = 1e-4,
+                 milestones: tuple[int, ...] = (), weighting: str = "ew", device: torch.device | None = None,
+                 amp: str = "auto", dist: Dist | None = None, task_weights: torch.Tensor | None = None) -> None:
+        if weighting not in ("ew", "uw", "rlw"):
+            raise ConfigError(f"--weighting must be ew, uw or rlw, not {weighting!r}")
+        self.device = device or torch.device("cpu")
+        self.num_classes, self.weighting, self.amp = num_classes, weighting, amp
+        self.dist = dist or Dist()
+        self.model = model.to(self.device)
+        self.module = self.dist.wrap(self.model, self.device)
+        k = len(num_classes)
+        # UW: one learnable log-variance per task, initialised to -0.5 (§6.5).
+        self.log_vars = nn.Parameter(torch.full((k,), -0.5, device=self.device)) if weighting == "uw" else None
+        params = list(self.model.parameters()) + ([self.log_vars] if self.log_vars is not None else [])
+        self.optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, list(milestones), gamma=0.1)
+        self.task_weights = task_weights.to(self.device) if task_weights is not None else None  # STL one-hot
+        self.scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(self.device, amp) else None
+
+    def combine(self, losses: torch.Tensor) -> torch.Tensor:  # (K,) -> scalar
+        if self.task_weights is not None:
+            return (losses * self.task_weights).sum()
+        if self.weighting == "uw":
+            return (losses / (2 * self.log_vars.exp()) + self.log_vars / 2).sum()
+        if self.weighting == "rlw":
+            weights = len(losses) * torch.softmax(torch.randn(len(losses), device=losses.device), 0)
+            return (losses * weights).mean()
+        return losses.mean()
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """One update on float inputs (B,C,H,W); returns the loss and the predictions (B,K)."""
+        self.module.train()
+        with autocast(self.device, self.amp):
+            logits = self.module(x)
+            loss = self.combine(task_losses(logits, y, self.num_classes))
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
+            self.optimizer.step()
+        return float(loss.detach()), predict([t.detach().float() for t in logits], self.num_classes)
+
+
+def pgd_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: list[int], epsilon: float = 8 / 255,
+               steps: int = 10, step_size: float = 2 / 255) -> torch.Tensor:
+    """Madry PGD for adversarial training (method-spec §6.6): model in eval mode for the attack."""
+    was_training = model.training
+    model.eval()
+    # §14.1: the official random start is neither clamped nor projected; we clamp it to the image range.
+    x_adv = (x + 2 / 255 * torch.randn_like(x)).clamp(0, 1).detach()
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        loss = task_losses(model(x_adv), y, num_classes).mean()
+        (grad,) = torch.autograd.grad(loss, x_adv)
+        x_adv = x_adv.detach() + step_size * grad.sign()
+        x_adv = torch.min(torch.max(x_adv, x - epsilon), x + epsilon).clamp(0, 1)
+    model.train(was_training)
+    return x_adv.detach()
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    checkpoints: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # epoch -> state_dict
+
+
+def train_classifier(
+    trainer: ClassifierTrainer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    crop: int,
+    gen: torch.Generator,
+    input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    adv_train: bool = False,
+    checkpoint_every: int | None = None,
+    evaluate_on: tuple[torch.Tensor, torch.Tensor] | None = None,
+    on_event: OnEvent = noop,
+    stage: str = "victim",
+    description: str = "Training",
+) -> TrainResult:
+    """Train for `epochs` on uint8 `images` (N,C,H,W) with per-sample crop+flip; optionally save the state
+    after every epoch whose index is divisible by `checkpoint_every` (SEP checkpoints, method-spec §5)."""
+    result = TrainResult()
+    n, device = len(images), trainer.device
+    steps_per_epoch = max(1, -(-len(trainer.dist.shard(torch.arange(n))) // batch_size))
+    on_event("start", {"stage": stage, "total": epochs * steps_per_epoch, "description": description})
+    done = 0
+    for epoch in range(epochs):
+        correct, seen, loss_sum = None, 0, 0.0
+        for idx in batch_indices(n, batch_size, True, gen, drop_last=True, dist=trainer.dist):
+            x = to_float(images[idx], device)
+            if input_transform is not None:
+                x = input_transform(x)
+            x = augment(x, crop, gen)
+            y = labels[idx].to(device)
+            if adv_train:
+                x = pgd_attack(trainer.model, x, y, trainer.num_classes)
+            loss, pred = trainer.step(x, y)
+            hits = (pred == y).sum(0).float()
+            correct = hits if correct is None else correct + hits
+            seen += len(idx)
+            loss_sum += loss * len(idx)
+            done += 1
+            on_event("progress", {"stage": stage, "done": done, "epoch": epoch + 1, "loss": loss})
+        trainer.scheduler.step()
+        record = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1),
+                  "train_acc": float(correct.mean() / seen) if correct is not None else 0.0}
+        if evaluate_on is not None:
+            per_task = evaluate(trainer.model, *evaluate_on, trainer.num_classes, crop, device)
+            record["test_acc"] = sum(per_task) / len(per_task)
+            record["test_acc_tasks"] = per_task  # type: ignore[assignment]
+        result.history.append(record)
+        if checkpoint_every and epoch % checkpoint_every == 0:
+            result.checkpoints[epoch] = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    on_event("end", {"stage": stage})
+    return result
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: list[int], crop: int,
+             device: torch.device, batch_size: int = 256, amp: str = "auto") -> list[float]:
+    """Per-task top-1 accuracy on centre crops (method-spec §6.3 test transform)."""
+    model.eval()
+    correct = torch.zeros(len(num_classes))
+    for idx in batch_indices(len(images), batch_size, False, None):
+        x = center_crop(to_float(images[idx], device), crop)
+        with autocast(device, amp):
+            logits = model(x)
+        pred = predict([t.float() for t in logits], num_classes).cpu()
+        correct += (pred == labels[idx]).sum(0).float()
+    return (correct / max(len(images), 1)).tolist()

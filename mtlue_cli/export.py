@@ -1,0 +1,124 @@
+"""Self-contained generator folders with a model card, and publishing them to the Hugging Face Hub."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from mtlue_cli.errors import ConfigError, WeightsError
+from mtlue_cli.hub import CARD, CONFIG, RECORD, WEIGHTS, LoadedGenerator
+
+VERIFY_RESULT = "verify.json"
+
+
+def model_card(config: dict[str, Any], metadata: dict[str, str], record: dict[str, Any] | None,
+               verify_report: dict[str, Any] | None = None) -> str:
+    """README.md with Hub front matter: what the generator protects, how it was made, and its limits."""
+    tasks = config["tasks"]
+    method = metadata.get("base_method") or "unknown"
+    eps = config["epsilon"]
+    front = {
+        "library_name": "mtlue", "license": "other", "pipeline_tag": "image-to-image",
+        "tags": ["unlearnable-examples", "mtl-ue", "data-protection", "model_hub_mixin", f"mtl-ue-{method}"],
+        "mtlue": {"epsilon": eps, "epsilon_255": round(eps * 255, 4), "image_size": config["image_size"],
+                  "base_method": method, "tasks": tasks},
+    }
+    lines = ["---"] + [f"{k}: {json.dumps(v)}" for k, v in front.items()] + ["---", ""]
+    lines += [
+        "# MTL-UE perturbation generator", "",
+        "A generator that adds an imperceptible, label-conditioned perturbation to images so that models "
+        "trained on them learn shortcuts instead of the real features (MTL-UE, Yu et al., ICML 2025, "
+        "[arXiv 2505.05279](https://arxiv.org/abs/2505.05279)). Made with "
+        "[mtlue](https://github.com/mtlue/mtlue).", "",
+        "## Use", "", "```bash", "pip install mtlue",
+        "mtlue protect ./photos --labels labels.csv --generator THIS_REPO_OR_FOLDER --out ./photos-protected",
+        "mtlue verify --clean ./photos --protected ./photos-protected --labels labels.csv", "```", "",
+        "## What it protects", "",
+        f"- L-inf budget: {eps:.6f} ({eps * 255:.4g}/255), applied at native resolution, lossless PNG by default.",
+        f"- Working resolution: {config['image_size']} px ({config['stem']} stem); base objective: {method.upper()}.",
+        "- Tasks and classes (the labels of your images must use this vocabulary):", "",
+    ]
+    lines += [f"  - `{name}`: {', '.join(f'`{c}`' for c in classes)}" for name, classes in tasks.items()]
+    if config.get("unprotected"):
+        lines += ["", f"- Left learnable on purpose: {', '.join(config['unprotected'])}."]
+    lines += ["", "## How it was trained", ""]
+    if record:
+        cfg, ds, res = record.get("config", {}), record.get("dataset", {}), record.get("result", {})
+        lines += [
+            f"- {ds.get('images', '?')} images ({ds.get('layout', '?')} layout), fingerprint `{str(ds.get('fingerprint', ''))[:16]}`",
+            f"- {res.get('epochs_run', '?')} generator epochs, batch {cfg.get('batch_size')}, seed {cfg.get('seed')}, "
+            f"surrogate {cfg.get('surrogate')} ({cfg.get('surrogate_epochs')} epochs), "
+            f"lambda_intra {cfg.get('lambda_intra')}, lambda_inter {cfg.get('lambda_inter')}",
+            f"- mtlue {record.get('version')}, torch {record.get('torch')}, device {record.get('device')}, {record.get('created')}",
+        ]
+    else:
+        lines += ["- No training record was saved with this generator."]
+    if verify_report:
+        lines += ["", "## Measured protection (`mtlue verify`)", "",
+                  "| task | clean-trained acc | protected-trained acc | majority baseline |", "|---|---|---|---|"]
+        for row in verify_report.get("tasks", []):
+            lines.append(f"| {row['task']} | {row['clean_acc']:.1%} | {row['protected_acc']:.1%} | {row['majority']:.1%} |")
+        lines += ["", f"Recipe: {verify_report.get('recipe', {})}"]
+    lines += [
+        "", "## Intended use and limits", "",
+        "- For dataset owners protecting their own images before publishing them.",
+        "- Protection is measured, not guaranteed: always run `mtlue verify` on your own written files.",
+        "- Known to weaken it: JPEG re-compression (ISS JPEG-10), bit-depth reduction, adversarial training, "
+        "diffusion purification, and training on a mix of protected and clean copies of the same images.",
+        "- Labels must stay attached: the perturbation is keyed to each image's labels.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def export_generator(loaded: LoadedGenerator, to: Path, verify_report: Path | None = None, overwrite: bool = False) -> Path:
+    """Copy a generator into a self-contained folder: weights, config, record, verify result, model card."""
+    to = Path(to)
+    if to.exists() and any(to.iterdir()) and not overwrite:
+        raise ConfigError(f"{to} exists and is not empty; pass --overwrite or choose another --to")
+    if to.resolve() == loaded.folder.resolve():
+        raise ConfigError(f"--to {to} is the generator's own folder")
+    to.mkdir(parents=True, exist_ok=True)
+    for name in (WEIGHTS, CONFIG, RECORD):
+        if (loaded.folder / name).is_file():
+            shutil.copyfile(loaded.folder / name, to / name)
+    report = None
+    if verify_report is not None:
+        try:
+            report = json.loads(Path(verify_report).read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--verify-report {verify_report}: cannot read a verify JSON report ({exc})") from None
+        shutil.copyfile(verify_report, to / VERIFY_RESULT)
+    elif (loaded.folder / VERIFY_RESULT).is_file():
+        shutil.copyfile(loaded.folder / VERIFY_RESULT, to / VERIFY_RESULT)
+        report = json.loads((to / VERIFY_RESULT).read_text())
+    config = json.loads((to / CONFIG).read_text())
+    (to / CARD).write_text(model_card(config, loaded.metadata, loaded.record, report))
+    return to
+
+
+def push_generator(folder: Path, repo_id: str, private: bool = False, revision: str | None = None,
+                   token: str | None = None) -> str:
+    """Upload an exported folder with huggingface_hub; returns the commit URL."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if revision:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, revision=revision,
+                                 commit_message="Upload MTL-UE generator with mtlue")
+    except HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status in (401, 403):
+            raise WeightsError(f"the Hub refused the upload to {repo_id} ({status}): set HF_TOKEN or run "
+                               "`hf auth login` with a write token") from None
+        raise WeightsError(f"upload to {repo_id} failed: {exc}") from None
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"upload to {repo_id} failed: {exc}. Without network access, copy the folder "
+                           "to a connected machine and push it from there") from None
+    return str(getattr(info, "commit_url", info))

@@ -1,0 +1,247 @@
+"""Saving and loading generators: a local folder, a pretrained alias, or a Hugging Face Hub repo id.
+
+Only safetensors are ever read (no pickle, no trust_remote_code); config.json is validated and
+capped before anything is allocated; tensor names and shapes must match exactly (style rule 6).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from mtlue_cli import __version__
+from mtlue_cli.errors import WeightsError
+
+WEIGHTS, CONFIG, RECORD, CARD = "model.safetensors", "config.json", "fit_record.json", "README.md"
+REPO_ID = re.compile(r"^(?:hf://)?([A-Za-z0-9][\w.-]*/[\w.-]+)(?:@([\w./-]+))?$")
+MAX_CONFIG_BYTES = 1 << 20
+MAX_EMBEDDING_PARAMS = 200_000_000  # a hostile config cannot ask for more than ~800 MB of embeddings
+
+
+@dataclass
+class LoadedGenerator:
+    model: Any  # PerturbationGenerator
+    source: str  # local | alias | hub
+    spec: str
+    folder: Path
+    revision: str | None
+    sha256: str
+    metadata: dict[str, str]
+    record: dict[str, Any] | None
+
+    @property
+    def method(self) -> str | None:
+        return self.metadata.get("base_method")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def generator_config(generator: Any) -> dict[str, Any]:
+    return dict(sorted(generator._hub_mixin_config.items()))
+
+
+def save_generator(generator: Any, out: Path, method: str | None = None, record: dict[str, Any] | None = None) -> Path:
+    """Write model.safetensors (with string metadata), config.json, the run record and a model card."""
+    from safetensors.torch import save_file
+
+    from mtlue_cli.export import model_card
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = generator_config(generator)
+    metadata = {
+        "format": "pt", "mtlue_version": __version__, "format_version": "1",
+        "epsilon": repr(config["epsilon"]), "epsilon_255": f"{config['epsilon'] * 255:.4g}/255", "norm": "linf",
+        "input_resolution": str(config["image_size"]), "tasks": json.dumps(config["tasks"]),
+        "base_method": method or "", "seed": str((record or {}).get("config", {}).get("seed", "")),
+        "train_dataset_fingerprint": str((record or {}).get("dataset", {}).get("fingerprint", "")),
+        "created": str((record or {}).get("created", "")),
+    }
+    state = {k: v.detach().cpu().contiguous() for k, v in generator.state_dict().items()}
+    tmp = out / (WEIGHTS + ".tmp")
+    save_file(state, str(tmp), metadata=metadata)
+    os.replace(tmp, out / WEIGHTS)
+    (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    if record is not None:
+        (out / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    (out / CARD).write_text(model_card(config, metadata, record))
+    return out
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def validate_config(config: Any, where: str) -> dict[str, Any]:
+    """Types, ranges and size caps of an untrusted config.json."""
+    from mtlue_cli.generator import CONDITIONINGS, STEMS
+
+    def bad(msg: str) -> WeightsError:
+        return WeightsError(f"{where}: invalid generator config: {msg}")
+
+    if not isinstance(config, dict):
+        raise bad("not a JSON object")
+    allowed = {"tasks", "image_size", "in_channels", "epsilon", "stem", "embed_channels", "unprotected", "conditioning"}
+    extra = set(config) - allowed
+    if extra:
+        raise bad(f"unknown keys {sorted(extra)}")
+    tasks = config.get("tasks")
+    if not isinstance(tasks, dict) or not 1 <= len(tasks) <= 256:
+        raise bad("'tasks' must map 1-256 task names to class lists")
+    total = 0
+    for name, classes in tasks.items():
+        if not isinstance(classes, list) or not 2 <= len(classes) <= 4096 or not all(isinstance(c, str) for c in classes):
+            raise bad(f"task {name!r} must list 2-4096 class names (strings)")
+        total += len(classes)
+    size, ch, emb = config.get("image_size", 64), config.get("in_channels", 3), config.get("embed_channels", 16)
+    if not isinstance(size, int) or not 8 <= size <= 1024:
+        raise bad("'image_size' must be an integer in [8, 1024]")
+    if ch not in (1, 3):
+        raise bad("'in_channels' must be 1 or 3")
+    if not isinstance(emb, int) or not 1 <= emb <= 64:
+        raise bad("'embed_channels' must be an integer in [1, 64]")
+    eps = config.get("epsilon", 8 / 255)
+    if not isinstance(eps, (int, float)) or not 0 < eps <= 64 / 255:
+        raise bad("'epsilon' must be a number in (0, 64/255]")
+    if config.get("stem", "cifar") not in STEMS or config.get("conditioning", "full") not in CONDITIONINGS:
+        raise bad(f"'stem' must be one of {STEMS} and 'conditioning' one of {CONDITIONINGS}")
+    unprotected = config.get("unprotected") or []
+    if not isinstance(unprotected, list) or any(u not in tasks for u in unprotected):
+        raise bad("'unprotected' must list task names")
+    latent = size // (2 if config.get("stem", "cifar") == "cifar" else 8)
+    if total * emb * latent * latent > MAX_EMBEDDING_PARAMS:
+        raise bad(f"its embeddings would need {total * emb * latent * latent:,} parameters (cap {MAX_EMBEDDING_PARAMS:,})")
+    return config
+
+
+def load_folder(folder: Path, device: Any = "cpu", expected_sha256: str | None = None) -> tuple[Any, str, dict[str, str]]:
+    """Strictly load a generator folder; returns (model, sha256 of the weights, safetensors metadata)."""
+    import torch
+    from safetensors import SafetensorError, safe_open
+
+    from mtlue_cli.generator import PerturbationGenerator
+
+    weights, config_path = folder / WEIGHTS, folder / CONFIG
+    for needed in (weights, config_path):
+        if not needed.is_file():
+            others = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+            hint = " (pickle weights are never loaded; re-export as safetensors)" if any(
+                n.endswith((".bin", ".pt", ".pth", ".pkl")) for n in others) else ""
+            raise WeightsError(f"{folder}: no {needed.name}; a generator folder holds {WEIGHTS} and {CONFIG}{hint}")
+    if config_path.stat().st_size > MAX_CONFIG_BYTES:
+        raise WeightsError(f"{config_path}: config.json over 1 MB; not a generator config")
+    try:
+        config = json.loads(config_path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise WeightsError(f"{config_path}: not valid JSON ({exc})") from None
+    config = validate_config(config, str(config_path))
+    digest = file_sha256(weights)
+    if expected_sha256 is not None and digest != expected_sha256:
+        raise WeightsError(f"{weights}: sha256 {digest[:12]}... does not match the pinned {expected_sha256[:12]}...; "
+                           "the file was modified or corrupted: delete it and download again")
+    model = PerturbationGenerator(**config)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    try:
+        with safe_open(str(weights), framework="pt") as fh:
+            metadata = dict(fh.metadata() or {})
+            found = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+            if found != expected:
+                missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+                wrong = sorted(k for k in set(found) & set(expected) if found[k] != expected[k])
+                raise WeightsError(f"{weights}: tensors do not match config.json (missing {missing[:3]}, "
+                                   f"unexpected {unexpected[:3]}, wrong shape {wrong[:3]})")
+            state = {k: fh.get_tensor(k) for k in fh.keys()}
+    except SafetensorError as exc:
+        raise WeightsError(f"{weights}: not a valid safetensors file ({exc})") from None
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    return model.to(torch.device(device) if isinstance(device, str) else device), digest, metadata
+
+
+# ----------------------------------------------------------------------------- resolution
+
+
+def registry() -> dict[str, dict[str, Any]]:
+    """Aliases from pretrained/registry.json (shipped inside the wheel as mtlue_cli.pretrained)."""
+    text = resources.files("mtlue_cli.pretrained").joinpath("registry.json").read_text()
+    return json.loads(text)["aliases"]
+
+
+def _bundled(name: str) -> Path | None:
+    folder = resources.files("mtlue_cli.pretrained").joinpath(name)
+    path = Path(str(folder))
+    return path if path.is_dir() else None
+
+
+def _download(repo_id: str, revision: str | None, cache_dir: Path | None) -> Path:
+    """Fetch config.json + model.safetensors with the real hf_hub_download (honours HF_HUB_OFFLINE)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+
+    try:
+        paths = [hf_hub_download(repo_id, name, revision=revision, cache_dir=cache_dir, library_name="mtlue",
+                                 library_version=__version__) for name in (CONFIG, WEIGHTS)]
+    except RepositoryNotFoundError:
+        raise WeightsError(f"Hub repo {repo_id!r} not found (or private: log in with `hf auth login`)") from None
+    except RevisionNotFoundError:
+        raise WeightsError(f"Hub repo {repo_id!r} has no revision {revision!r}") from None
+    except EntryNotFoundError:
+        raise WeightsError(f"Hub repo {repo_id!r} has no {WEIGHTS}/{CONFIG}; it is not an mtlue generator") from None
+    except LocalEntryNotFoundError:
+        raise WeightsError(f"{repo_id}: not in the local Hugging Face cache and the Hub cannot be reached "
+                           "(offline, or HF_HUB_OFFLINE=1); download it on a connected machine first") from None
+    except (HfHubHTTPError, OSError) as exc:
+        raise WeightsError(f"{repo_id}: download failed ({exc}); check the network or use a local folder") from None
+    return Path(paths[1]).parent
+
+
+def load_generator(spec: str, revision: str | None = None, device: Any = "cpu", cache_dir: Path | None = None) -> LoadedGenerator:
+    """Load a generator from a local folder, a pretrained alias, or `org/name[@revision]` on the Hub."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise WeightsError(f"{spec}: a generator is a folder (with {WEIGHTS} and {CONFIG}), not a file")
+        model, digest, meta = load_folder(path, device)
+        return LoadedGenerator(model, "local", spec, path, None, digest, meta, _record(path))
+    aliases = registry()
+    if spec in aliases:
+        entry = aliases[spec]
+        bundled = _bundled(entry["bundled"]) if entry.get("bundled") else None
+        folder = bundled or _download(entry["repo_id"], revision or entry["revision"], cache_dir)
+        model, digest, meta = load_folder(folder, device, expected_sha256=entry["sha256"])
+        return LoadedGenerator(model, "alias", spec, folder, entry["revision"], digest, meta, _record(folder))
+    match = REPO_ID.match(spec)
+    if match is None:
+        raise WeightsError(f"{spec!r}: no such folder, not a pretrained alias ({', '.join(aliases) or 'none'}), "
+                           "and not a Hub repo id (org/name[@revision])")
+    first = Path(spec.split("/", 1)[0])
+    if not spec.startswith("hf://") and first.is_dir():
+        raise WeightsError(f"{spec!r} is ambiguous: the local folder {path} does not exist (though {first}/ does), "
+                           f"and it could also be the Hub repo {match.group(1)!r}. Fix the path, or write "
+                           f"hf://{spec} to mean the Hub")
+    repo_id, rev = match.group(1), revision or match.group(2)
+    folder = _download(repo_id, rev, cache_dir)
+    model, digest, meta = load_folder(folder, device)
+    return LoadedGenerator(model, "hub", spec, folder, rev or "main", digest, meta, _record(folder))
+
+
+def _record(folder: Path) -> dict[str, Any] | None:
+    path = folder / RECORD
+    if not path.is_file() or path.stat().st_size > MAX_CONFIG_BYTES * 8:
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return None

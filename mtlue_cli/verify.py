@@ -1,0 +1,217 @@
+"""`verify`: train victims on the protected files AS WRITTEN and on the clean originals, and test
+both on clean images that never went through `protect` (method-spec §6; ecosystem §1.1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mtlue_cli.config import DataConfig, VerifyConfig
+from mtlue_cli.data import MultiTaskImageDataset, load_dataset, majority_baseline, read_labels, split_indices
+from mtlue_cli.errors import ConfigError, DatasetError
+from mtlue_cli.events import OnEvent, log, noop
+
+MANIFEST, LABELS, RUN = "manifest.jsonl", "labels.csv", "run.json"
+
+
+@dataclass
+class TaskRow:
+    task: str
+    majority: float
+    clean_acc: float
+    clean_best: float
+    protected_acc: float  # defence "none"
+    protected_best: float
+    protected_train_acc: float  # the shortcut signature: high train, low test
+    by_defense: dict[str, float] = field(default_factory=dict)
+    stl_clean_acc: float | None = None
+    stl_protected_acc: float | None = None
+
+    @property
+    def drop(self) -> float:
+        return self.clean_acc - self.protected_acc
+
+
+@dataclass
+class VerifyReport:
+    tasks: list[TaskRow]
+    defenses: list[str]
+    train_images: int
+    test_images: int
+    quality: dict[str, float]
+    recipe: dict[str, Any]
+    threshold: float
+    effective: bool
+    failing: list[str]  # tasks above the threshold (any defence)
+    seconds: float
+
+    def mean(self, attr: str) -> float:
+        values = [getattr(t, attr) for t in self.tasks if getattr(t, attr) is not None]
+        return sum(values) / len(values) if values else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["mean"] = {k: self.mean(k) for k in ("majority", "clean_acc", "protected_acc", "protected_train_acc")}
+        out["mean"]["by_defense"] = {d: sum(t.by_defense[d] for t in self.tasks) / len(self.tasks) for d in self.defenses}
+        return out
+
+
+def _source_map(protected: Path) -> dict[str, str]:
+    """Protected output path -> clean source path, from protect's manifest (names may have changed)."""
+    manifest = protected / MANIFEST
+    mapping: dict[str, str] = {}
+    if manifest.is_file():
+        for line in manifest.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("output") and entry.get("status") in ("ok", "resumed"):
+                mapping[entry["output"]] = entry["source"]
+    return mapping
+
+
+def _load(cfg: DataConfig, on_event: OnEvent) -> MultiTaskImageDataset:
+    return load_dataset(cfg, on_event)
+
+
+def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConfig | None = None,
+           on_event: OnEvent | None = None) -> VerifyReport:
+    """Victim accuracy on clean test images after training on clean vs protected files."""
+    import torch
+
+    from mtlue_cli.classifiers import MTLClassifier
+    from mtlue_cli.defenses import parse_defense
+    from mtlue_cli.engine import ClassifierTrainer, evaluate, resolve_device, seed_everything, train_classifier
+
+    on_event = on_event or noop
+    started = time.perf_counter()
+    defenses = list(dict.fromkeys(cfg.defenses)) or ["none"]
+    if "none" not in defenses:
+        defenses.insert(0, "none")
+    transforms = {d: parse_defense(d) for d in defenses}
+    protected = Path(protected)
+    if not (protected / LABELS).is_file():
+        raise ConfigError(f"{protected}: no {LABELS}; --protected is a folder written by `mtlue protect`")
+    res = cfg.res or clean.size
+    clean = dataclasses.replace(clean, size=res)
+    prot_cfg = DataConfig(root=protected, labels=protected / LABELS, layout="csv", size=res,
+                          skip_bad=clean.skip_bad, workers=clean.workers)
+    sources = _source_map(protected)
+    clean_table = read_labels(clean)
+    prot_table = read_labels(prot_cfg)
+    protected_sources = {sources.get(r.path, r.path) for r in prot_table.records}
+
+    # --- the clean test split: a separate folder, or a seeded split that protect left out
+    if test is not None:
+        test_set = _load(dataclasses.replace(test, size=res), on_event)
+        train_idx = list(range(len(clean_table.records)))
+    else:
+        train_idx, test_idx = split_indices(clean_table.records, cfg.test_split, cfg.seed)
+        leaked = [clean_table.records[i].path for i in test_idx if clean_table.records[i].path in protected_sources]
+        if leaked:
+            raise ConfigError(
+                f"{len(leaked)} of the {len(test_idx)} test images (e.g. {leaked[0]}) were protected, so the test "
+                f"would not be clean. Protect with `--holdout {cfg.test_split} --seed {cfg.seed}` (the same split), "
+                "or pass a separate --test folder")
+        test_set = None
+    clean_all = _load(clean, on_event)
+    by_path = {r.path: i for i, r in enumerate(clean_all.records)}
+    if test_set is None:
+        test_paths = {clean_table.records[i].path for i in test_idx}
+        test_set = clean_all.subset([by_path[p] for p in sorted(test_paths) if p in by_path])
+    # Clean victims train on the clean originals of exactly the protected images.
+    clean_train = clean_all.subset([by_path[p] for p in sorted(protected_sources) if p in by_path])
+    prot_set = _load(prot_cfg, on_event)
+    if len(clean_train) == 0 or len(prot_set) == 0:
+        raise DatasetError("no protected image could be paired with its clean original; check --clean and --labels")
+    if len(test_set) == 0:
+        raise DatasetError("the clean test split is empty; raise --test-split or pass --test")
+    spec = clean_all.spec
+    if prot_set.spec.names != spec.names:
+        raise DatasetError(f"the protected labels have tasks {list(prot_set.spec.names)}, the clean ones {list(spec.names)}")
+    # Align class indices by name (vocabularies are sorted per set and could differ in coverage).
+    prot_labels = prot_set.labels.clone()
+    for k, classes in enumerate(prot_set.spec.classes):
+        index = {c: i for i, c in enumerate(spec.classes[k])}
+        unknown = [c for c in classes if c not in index]
+        if unknown:
+            raise DatasetError(f"protected labels use class(es) {unknown} of task {spec.names[k]!r} absent from the clean labels")
+        prot_labels[:, k] = torch.tensor([index[c] for c in classes])[prot_set.labels[:, k]]
+    test_labels = test_set.labels
+    nc = spec.num_classes
+    device = resolve_device(cfg.device)
+    crop = cfg.crop or max(8, round(res * 128 / 140))
+    milestones = cfg.milestones or (int(cfg.epochs * 0.6), int(cfg.epochs * 0.8))
+    majority = majority_baseline(clean_train.labels, test_labels, nc)
+    log(on_event, f"victim {cfg.victim} ({cfg.victim_stem} stem), {cfg.epochs} epochs at {res} px (crop {crop}), "
+        f"{len(prot_set)} protected / {len(clean_train)} clean training images, {len(test_set)} clean test images")
+
+    def run(images: Any, labels: Any, name: str, task_weights: Any = None) -> tuple[list[float], list[float], list[float]]:
+        gen = seed_everything(cfg.seed)  # the same init and batch order for every victim
+        model = MTLClassifier(nc, arch=cfg.victim, stem=cfg.victim_stem, image_size=crop)
+        trainer = ClassifierTrainer(model, nc, lr=cfg.lr, weight_decay=cfg.weight_decay, milestones=milestones,
+                                    weighting=cfg.weighting, device=device, amp=cfg.amp, task_weights=task_weights)
+        result = train_classifier(trainer, images, labels, epochs=cfg.epochs, batch_size=cfg.batch_size, crop=crop,
+                                  gen=gen, adv_train=cfg.adv_train, evaluate_on=(test_set.images, test_labels),
+                                  on_event=on_event, stage=name, description=name)
+        # §14.2: the last epoch is the reported figure; the best epoch is shown beside it (a poison
+        # that only delays learning shows up there).
+        final = result.history[-1]["test_acc_tasks"]
+        best = max(result.history, key=lambda r: r["test_acc"])["test_acc_tasks"]
+        train_acc = evaluate(trainer.model, images, labels, nc, crop, device)
+        return final, best, train_acc
+
+    clean_acc, clean_best, _ = run(clean_train.images, clean_train.labels, "clean victim")
+    rows = [TaskRow(spec.names[k], majority[k], clean_acc[k], clean_best[k], 0.0, 0.0, 0.0) for k in range(len(nc))]
+    for defense in defenses:
+        transform = transforms[defense]
+        images = prot_set.images if transform is None else transform(prot_set.images)
+        acc, best, train_acc = run(images, prot_labels, f"protected victim ({defense})")
+        for k, row in enumerate(rows):
+            row.by_defense[defense] = acc[k]
+            if defense == "none":
+                row.protected_acc, row.protected_best, row.protected_train_acc = acc[k], best[k], train_acc[k]
+    if cfg.stl:
+        for k, row in enumerate(rows):
+            weights = torch.nn.functional.one_hot(torch.tensor(k), len(nc)).float()
+            row.stl_clean_acc = run(clean_train.images, clean_train.labels, f"STL clean {row.task}", weights)[0][k]
+            row.stl_protected_acc = run(prot_set.images, prot_labels, f"STL protected {row.task}", weights)[0][k]
+    limit = [row.majority + cfg.threshold / 100 for row in rows]
+    failing = sorted({row.task for k, row in enumerate(rows) for acc in row.by_defense.values() if acc > limit[k]})
+    failing_none = [row.task for k, row in enumerate(rows) if row.protected_acc > limit[k]]
+    recipe = {"victim": cfg.victim, "stem": cfg.victim_stem, "epochs": cfg.epochs, "milestones": list(milestones),
+              "res": res, "crop": crop, "batch_size": cfg.batch_size, "lr": cfg.lr, "weighting": cfg.weighting,
+              "adv_train": cfg.adv_train, "seed": cfg.seed, "augment": "per-sample random crop + flip",
+              "device": str(device), "test": "separate folder" if test is not None else f"seeded split {cfg.test_split}"}
+    return VerifyReport(rows, defenses, len(prot_set), len(test_set), _quality(protected), recipe, cfg.threshold,
+                        effective=not failing_none, failing=failing, seconds=time.perf_counter() - started)
+
+
+def _quality(protected: Path) -> dict[str, float]:
+    """Image-quality stats of the protected files, as measured on the written files by `protect`."""
+    manifest = protected / MANIFEST
+    if not manifest.is_file():
+        return {}
+    linfs, psnrs, ssims = [], [], []
+    for line in manifest.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("status") in ("ok", "resumed") and entry.get("linf_255") is not None:
+            linfs.append(entry["linf_255"])
+            if entry.get("psnr") not in (None, float("inf")):
+                psnrs.append(entry["psnr"])
+            if entry.get("ssim") is not None:
+                ssims.append(entry["ssim"])
+    if not linfs:
+        return {}
+    return {"max_linf_255": max(linfs), "mean_psnr": sum(psnrs) / max(len(psnrs), 1),
+            "mean_ssim": sum(ssims) / max(len(ssims), 1), "files": len(linfs)}
+
