@@ -139,10 +139,10 @@ def _errors(debug: bool) -> Iterator[None]:
 
         problems = problems_of(error)
         for problem in problems[:20]:
-            console.print(f"[red]  {problem}[/]", highlight=False)
+            console.print(f"[red]  {problem}[/]", highlight=False, soft_wrap=True)
         if len(problems) > 20:
             console.print(f"[red]  ... and {len(problems) - 20} more[/]")
-        console.print(f"[bold red]error:[/] {error}", highlight=False)
+        console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
         raise typer.Exit(error.exit_code) from None
     except KeyboardInterrupt:
         console.print("[bold red]interrupted[/] (Ctrl-C); rerun with --resume to continue")
@@ -195,7 +195,7 @@ def inspect(
             report = inspect_dataset(cfg, on_event=render)
     if json_out:
         out_console.print_json(json.dumps(report.to_dict()))
-        return
+        raise typer.Exit(1 if report.problems else 0)
     console.print(f"[bold]{report.images}[/] usable images in {report.root} (layout: {report.layout}"
                   + (f", labels: {report.labels_file})" if report.labels_file else ")"))
     for task in report.tasks:

@@ -50,7 +50,7 @@ class FitConfig:
     batch_size: int = 128
     lr: float = 1e-3  # §4.1
     weight_decay: float = 1e-4
-    milestones: tuple[int, ...] = (60, 80)  # MultiStepLR in scheduler steps (§4.1)
+    milestones: tuple[int, ...] | None = None  # None: 60% and 80% of the epochs ([60, 80] of 100, §4.1)
     scheduler_steps_per_epoch: int | None = None  # None: 1, or 4 for SEP (§4.4 compressed schedule)
     lambda_intra: float = 10.0  # §3.1
     lambda_inter: float = 200.0
@@ -62,7 +62,7 @@ class FitConfig:
     surrogate: str = "resnet18"
     surrogate_stem: str = "imagenet"  # the paper's victim trunk (§6.1)
     surrogate_epochs: int = 60  # §5
-    surrogate_milestones: tuple[int, ...] = (36, 48)
+    surrogate_milestones: tuple[int, ...] | None = None  # None: 60% and 80% ([36, 48] of 60, §5)
     sep_every: int = 4  # SEP checkpoint interval in surrogate epochs (§5)
     sep_recompute: bool = False  # True: recompute δ per checkpoint, the official cost (§11)
     sep_paper_weighting: bool = False  # True: regularisers ×n_ckpt and BN momentum 0.79 (§14.1)
@@ -129,8 +129,7 @@ FIT_RECIPES: dict[str, dict[str, Any]] = {
     "paper-utkface": dict(image_size=140, crop=128, batch_size=128, epochs=100, surrogate_epochs=60),
     "paper-celeba": dict(image_size=70, crop=64, batch_size=512, epochs=100, surrogate_epochs=60),
     "quick": dict(
-        image_size=32, crop=28, batch_size=64, epochs=12, milestones=(8, 10),
-        surrogate_epochs=12, surrogate_milestones=(8, 10), sep_every=2, checkpoint_every=4,
+        image_size=32, crop=28, batch_size=64, epochs=12, surrogate_epochs=12, sep_every=2, checkpoint_every=4,
     ),
 }
 VERIFY_RECIPES: dict[str, dict[str, Any]] = {
@@ -173,6 +172,11 @@ def parse_epsilon(text: str) -> float:
     if not 0 < value <= 64 / 255:
         raise ConfigError(f"epsilon {text!r} = {value:.4f} is outside (0, 64/255]")
     return value
+
+
+def milestones(epochs: int, given: tuple[int, ...] | None) -> tuple[int, ...]:
+    """LR drops at 60% and 80% of the run unless given (the paper's [60, 80]/100 and [36, 48]/60)."""
+    return tuple(given) if given is not None else (int(epochs * 0.6), int(epochs * 0.8))
 
 
 def default_crop(size: int) -> int:

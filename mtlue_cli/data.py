@@ -165,6 +165,7 @@ def _finish(
         where = labels_file or root
         raise DatasetError(f"{where}: no labelled images found; check the path and the layout (--layout)")
     vocab = dict(vocab or {})
+    fixed = set(vocab)
     for k, name in enumerate(names):
         if name not in vocab:
             vocab[name] = _vocabulary(values[k] for _, values, _ in rows if values[k] != "")
@@ -179,11 +180,12 @@ def _finish(
     index = [{c: i for i, c in enumerate(vocab[n])} for n in names]
     seen: dict[str, int | None] = {}
     records: list[Record] = []
-    for rel, values, row in rows:
+    for raw, values, row in rows:
+        rel = _normalise(raw)
         try:
             if rel in seen:
                 first = seen[rel]
-                raise FileProblem(rel, f"duplicate row (first listed at row {first}); keep one", row)
+                raise FileProblem(raw, f"duplicate row (first listed at row {first}); keep one", row)
             seen[rel] = row
             for k, value in enumerate(values):
                 if value == "":
@@ -195,12 +197,25 @@ def _finish(
             problems.append(problem)
             continue
         records.append(Record(rel, tuple(index[k][v] for k, v in enumerate(values)), row))
+    for k, name in enumerate(names):
+        present = {r.labels[k] for r in records}
+        # Only vocabularies read from the data: fixed ones (UTKFace, CelebA) may be partly absent in a split.
+        if name not in fixed and records and len(present) < 2:
+            only = vocab[name][next(iter(present))]
+            raise DatasetError(f"{labels_file or root}: task {name!r} has a single class ({only!r}) among the usable "
+                               "images; a task needs at least two classes: drop it with --tasks")
     return LabelTable(root, spec, records, layout, labels_file, path_column, problems)
+
+
+def _normalise(rel: str) -> str:
+    """One spelling per file: forward slashes, no './' (so duplicates and lookups agree)."""
+    text = rel.strip().replace("\\", "/")
+    return PurePosixPath(text).as_posix() if text else text
 
 
 def _unlabelled(root: Path, listed: Iterable[str], problems: list[FileProblem]) -> None:
     """Images under the root with no label row would silently go unprotected: report them."""
-    listed_set = {PurePosixPath(p.replace("\\", "/")).as_posix() for p in listed}
+    listed_set = {_normalise(p) for p in listed}
     for rel in scan_images(root):
         if rel not in listed_set:
             problems.append(FileProblem(rel, "image has no label row; add one or move the file out of the root"))
@@ -434,8 +449,9 @@ def open_image(path: Path) -> Decoded:
         with Image.open(path) as im:
             im.load()
             orientation = im.getexif().get(0x0112, 1) if hasattr(im, "getexif") else 1
-            info = {"format": im.format, "icc_profile": im.info.get("icc_profile"), "exif": im.info.get("exif")}
             upright = ImageOps.exif_transpose(im) if orientation not in (None, 1) else im.copy()
+            # EXIF from the transposed image: exif_transpose resets its Orientation tag to 1.
+            info = {"format": im.format, "icc_profile": im.info.get("icc_profile"), "exif": upright.info.get("exif")}
     except FileNotFoundError:
         raise FileProblem(str(path), "file disappeared while reading") from None
     except PermissionError:
@@ -453,7 +469,7 @@ def open_image(path: Path) -> Decoded:
         import numpy as np
 
         arr = np.asarray(upright, dtype=np.float64)
-        top = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        top = 65535.0  # by the bit depth, not the content: a dark 16-bit frame stays dark
         upright = Image.fromarray(np.clip(np.rint(arr * 255.0 / top), 0, 255).astype(np.uint8), "L")
     elif upright.mode == "P":
         upright = upright.convert("RGBA") if "transparency" in upright.info else upright.convert("RGB")
@@ -579,11 +595,11 @@ def load_dataset(cfg: DataConfig, on_event: OnEvent | None = None, table: LabelT
     with ThreadPoolExecutor(max(1, cfg.workers)) as pool:
         for done, problem in enumerate(pool.map(work, range(n)), start=1):
             if problem is not None:
-                if not cfg.skip_bad:
-                    raise_problems([problem], "image")
                 skipped.append(problem)
             on_event("progress", {"stage": "decode", "done": done})
     on_event("end", {"stage": "decode"})
+    if not cfg.skip_bad and len(skipped) > len(table.problems):
+        raise_problems(skipped[len(table.problems):], "image")
     keep = [i for i in range(n) if ok[i]]
     if not keep:
         raise DatasetError(f"{table.root}: none of the {n} images could be decoded")

@@ -1,7 +1,7 @@
 """The built-in demo: a synthetic multi-task image set, protected and verified end to end on the CPU.
 
-Shapes on textured backgrounds with three tasks: shape (circle/square/triangle), colour
-(red/green/blue tint) and position (left/right). No download, no data of the user's own.
+Shapes in random colours on cluttered backgrounds with three tasks: shape (circle/square/triangle),
+size (small/large) and position (top/bottom). No download, no data of the user's own.
 """
 
 from __future__ import annotations
@@ -20,32 +20,35 @@ from mtlue_cli.config import DataConfig, ProtectConfig, VerifyConfig
 from mtlue_cli.events import OnEvent, log, noop
 
 SHAPES = ("circle", "square", "triangle")
-COLOURS = {"red": (200, 70, 60), "green": (70, 170, 80), "blue": (60, 90, 200)}
-POSITIONS = ("left", "right")
+SIZES = ("small", "large")
+POSITIONS = ("top", "bottom")  # vertical: victims flip horizontally (method-spec §6.3)
 DEMO_ALIAS = "demo-shapes"
 
 
-def make_shapes(out: Path, n: int = 600, size: int = 48, seed: int = 0) -> Path:
-    """Write `n` PNGs and labels.csv (path, shape, colour, position) under `out`; returns `out`."""
+def make_shapes(out: Path, n: int = 800, size: int = 32, seed: int = 0) -> Path:
+    """Write `n` PNGs and labels.csv (path, shape, size, position) under `out`; returns `out`.
+
+    Colours are random, so no task can be read off a colour: like faces, every task needs a look at
+    the form of the figure, which is what an 8/255 shortcut has to beat."""
     rng = random.Random(seed)
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(n):
-        shape, colour, position = rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(POSITIONS)
-        base = tuple(rng.randint(60, 190) for _ in range(3))
+        shape, scale, position = rng.choice(SHAPES), rng.choice(SIZES), rng.choice(POSITIONS)
+        base = tuple(rng.randint(40, 215) for _ in range(3))
         img = Image.new("RGB", (size, size), base)
         draw = ImageDraw.Draw(img)
-        for _ in range(12):  # clutter, so the tasks are not one-pixel easy
-            x, y, r = rng.randint(0, size), rng.randint(0, size), rng.randint(2, size // 5)
-            tone = tuple(min(255, max(0, c + rng.randint(-50, 50))) for c in base)
+        for _ in range(8):  # clutter, so the tasks are not one-pixel easy
+            x, y, r = rng.randint(0, size), rng.randint(0, size), rng.randint(1, size // 8)
+            tone = tuple(min(255, max(0, c + rng.randint(-60, 60))) for c in base)
             draw.ellipse((x - r, y - r, x + r, y + r), fill=tone)
-        img = img.filter(ImageFilter.GaussianBlur(1.2))
+        img = img.filter(ImageFilter.GaussianBlur(0.8))
         draw = ImageDraw.Draw(img)
-        r = rng.uniform(size * 0.14, size * 0.22)
-        cx = rng.uniform(size * 0.18, size * 0.42) + (size * 0.4 if position == "right" else 0)
-        cy = rng.uniform(size * 0.25, size * 0.75)
-        fill = tuple(min(255, max(0, c + rng.randint(-40, 40))) for c in COLOURS[colour])
+        r = size * (rng.uniform(0.09, 0.13) if scale == "small" else rng.uniform(0.17, 0.22))
+        cy = rng.uniform(r + 1, size / 2 - r * 0.5) if position == "top" else rng.uniform(size / 2 + r * 0.5, size - r - 1)
+        cx = rng.uniform(r + 1, size - r - 1)
+        fill = tuple(min(255, max(0, c + rng.choice((-1, 1)) * rng.randint(70, 120))) for c in base)
         if shape == "circle":
             draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
         elif shape == "square":
@@ -56,10 +59,10 @@ def make_shapes(out: Path, n: int = 600, size: int = 48, seed: int = 0) -> Path:
                           for k in range(3)], fill=fill)
         name = f"{i:04d}.png"
         img.save(images / name)
-        rows.append((name, shape, colour, position))
+        rows.append((name, shape, scale, position))
     with (out / "labels.csv").open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["path", "shape", "colour", "position"])
+        writer.writerow(["path", "shape", "size", "position"])
         writer.writerows(rows)
     return out
 
@@ -73,7 +76,7 @@ class DemoReport:
     generator: str
 
 
-def run_demo(out: Path, generator: str = DEMO_ALIAS, images: int = 600, epochs: int = 10, device: str = "auto",
+def run_demo(out: Path, generator: str = DEMO_ALIAS, images: int = 800, epochs: int = 12, device: str = "auto",
              seed: int = 0, on_event: OnEvent | None = None) -> DemoReport:
     """Make the synthetic set, protect it with the shipped generator (80/20 holdout), verify it."""
     from mtlue_cli.hub import load_generator

@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from mtlue_cli import __version__
 from mtlue_cli.classifiers import MTLClassifier, predict
-from mtlue_cli.config import FitConfig, default_crop
+from mtlue_cli.config import FitConfig, default_crop, milestones
 from mtlue_cli.data import MultiTaskImageDataset
 from mtlue_cli.engine import (ClassifierTrainer, Dist, augment, autocast, batch_indices, evaluate, resolve_device,
                               seed_everything, to_float, train_classifier)
@@ -154,7 +154,7 @@ def fit_generator(dataset: MultiTaskImageDataset, cfg: FitConfig, out: Path, on_
         if cfg.resume and surrogate_file.is_file():
             saved = torch.load(surrogate_file, map_location="cpu", weights_only=True)
         else:
-            trainer = ClassifierTrainer(surrogate_model(), nc, milestones=cfg.surrogate_milestones, device=device,
+            trainer = ClassifierTrainer(surrogate_model(), nc, milestones=milestones(cfg.surrogate_epochs, cfg.surrogate_milestones), device=device,
                                         amp=cfg.amp, dist=dist)
             result = train_classifier(
                 trainer, images, labels, epochs=cfg.surrogate_epochs, batch_size=cfg.batch_size, crop=crop, gen=gen,
@@ -189,8 +189,11 @@ def fit_generator(dataset: MultiTaskImageDataset, cfg: FitConfig, out: Path, on_
                 m.momentum = 1 - 0.9**n_ckpt
     g_module = dist.wrap(generator, device)
     optimizer = torch.optim.Adam(generator.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.milestones), gamma=0.1)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(milestones(cfg.epochs, cfg.milestones)), gamma=0.1)
+    # §4.4: SEP compresses the schedule, stepping the scheduler 4x per generation epoch and stopping
+    # after epochs/4 of them (UTKFace: 25 epochs, LR drops at 15 and 20).
     sched_steps = cfg.scheduler_steps_per_epoch or (4 if cfg.method == "sep" else 1)
+    max_epochs = max(1, cfg.epochs // sched_steps)
     # The official SEP adds the regularisers once per checkpoint pass; computing δ once keeps the same
     # objective only with them weighted by the number of checkpoints (§14.1).
     reg_scale = float(n_ckpt) if cfg.method == "sep" and not cfg.sep_recompute else 1.0
@@ -229,11 +232,11 @@ def fit_generator(dataset: MultiTaskImageDataset, cfg: FitConfig, out: Path, on_
     em_batches = _cycle(lambda: batch_indices(n, cfg.batch_size, True, gen, dist=dist))
     final_error, epoch, stopped = 1.0, start_epoch, False
     steps = max(1, -(-len(dist.shard(torch.arange(n))) // cfg.batch_size))
-    on_event("start", {"stage": "generator", "total": (cfg.epochs - start_epoch) * steps,
+    on_event("start", {"stage": "generator", "total": (max_epochs - start_epoch) * steps,
                        "description": f"Generator ({cfg.method.upper()})"})
     done = 0
     try:
-        for epoch in range(start_epoch, cfg.epochs):
+        for epoch in range(start_epoch, max_epochs):
             g_module.train()
             loss_sum, seen = 0.0, 0
             for idx in batch_indices(n, cfg.batch_size, True, gen, dist=dist):

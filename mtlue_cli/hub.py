@@ -197,11 +197,11 @@ def _download(repo_id: str, revision: str | None, cache_dir: Path | None) -> Pat
         raise WeightsError(f"Hub repo {repo_id!r} not found (or private: log in with `hf auth login`)") from None
     except RevisionNotFoundError:
         raise WeightsError(f"Hub repo {repo_id!r} has no revision {revision!r}") from None
-    except EntryNotFoundError:
-        raise WeightsError(f"Hub repo {repo_id!r} has no {WEIGHTS}/{CONFIG}; it is not an mtlue generator") from None
-    except LocalEntryNotFoundError:
+    except LocalEntryNotFoundError:  # a subclass of EntryNotFoundError: must come first
         raise WeightsError(f"{repo_id}: not in the local Hugging Face cache and the Hub cannot be reached "
                            "(offline, or HF_HUB_OFFLINE=1); download it on a connected machine first") from None
+    except EntryNotFoundError:
+        raise WeightsError(f"Hub repo {repo_id!r} has no {WEIGHTS}/{CONFIG}; it is not an mtlue generator") from None
     except (HfHubHTTPError, OSError) as exc:
         raise WeightsError(f"{repo_id}: download failed ({exc}); check the network or use a local folder") from None
     return Path(paths[1]).parent

@@ -306,6 +306,8 @@ def protect_dataset(loaded: LoadedGenerator, data: DataConfig, out: Path, cfg: P
         results[problem.path] = FileResult(problem.path, None, "failed", reason=problem.reason)
 
     manifest = manifest_path.open("a" if cfg.resume else "w", encoding="utf-8")
+    if cfg.resume and manifest_path.stat().st_size and not manifest_path.read_bytes().endswith(b"\n"):
+        manifest.write("\n")  # a line cut by a crash must not swallow the next entry
     failures: list[FileResult] = []
 
     def commit(result: FileResult) -> None:
@@ -341,6 +343,9 @@ def protect_dataset(loaded: LoadedGenerator, data: DataConfig, out: Path, cfg: P
             good = [(r, d) for r, d in zip(batch, decoded) if isinstance(d, Decoded)]
             for r, d in zip(batch, decoded):
                 if isinstance(d, FileProblem):
+                    if not data.skip_bad:
+                        manifest.close()
+                        raise_problems([d], "image")
                     commit(FileResult(r.path, None, "failed", reason=d.reason))
                     done += 1
             if good:

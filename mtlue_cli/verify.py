@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mtlue_cli.config import DataConfig, VerifyConfig
+from mtlue_cli.config import milestones as lr_milestones
 from mtlue_cli.data import MultiTaskImageDataset, load_dataset, majority_baseline, read_labels, split_indices
 from mtlue_cli.errors import ConfigError, DatasetError
 from mtlue_cli.events import OnEvent, log, noop
@@ -147,7 +148,7 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
     nc = spec.num_classes
     device = resolve_device(cfg.device)
     crop = cfg.crop or max(8, round(res * 128 / 140))
-    milestones = cfg.milestones or (int(cfg.epochs * 0.6), int(cfg.epochs * 0.8))
+    milestones = lr_milestones(cfg.epochs, cfg.milestones)
     majority = majority_baseline(clean_train.labels, test_labels, nc)
     log(on_event, f"victim {cfg.victim} ({cfg.victim_stem} stem), {cfg.epochs} epochs at {res} px (crop {crop}), "
         f"{len(prot_set)} protected / {len(clean_train)} clean training images, {len(test_set)} clean test images")
