@@ -6,6 +6,7 @@ Nothing here imports torch at module level, so `mtlue --help` answers instantly.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,7 +45,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-console = Console(stderr=True)  # progress, tables and errors on stderr; --json output on stdout
+# Progress, tables and errors on stderr; --json output on stdout. Logs and CI get 120 columns, not 80.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 out_console = Console()
 
 # ----------------------------------------------------------------------------- shared options
@@ -199,8 +201,8 @@ def inspect(
     console.print(f"[bold]{report.images}[/] usable images in {report.root} (layout: {report.layout}"
                   + (f", labels: {report.labels_file})" if report.labels_file else ")"))
     for task in report.tasks:
-        table = Table(title=f"task [bold]{task.name}[/] ({len(task.classes)} classes, majority {task.majority_share:.1%})",
-                      title_justify="left")
+        console.print(f"task [bold]{task.name}[/]: {len(task.classes)} classes, majority share {task.majority_share:.1%}")
+        table = Table()
         table.add_column("class")
         table.add_column("images", justify="right")
         table.add_column("share", justify="right")
@@ -274,6 +276,9 @@ def fit(
     quiet: QuietOpt = False,
 ) -> None:
     """Train a protection generator on your labelled images (EM, TAP or SEP + the MTL-UE regularisers)."""
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 talks
+        console.quiet = True
+        quiet = True
     with _errors(debug):
         from mtlue_cli.data import load_dataset
         from mtlue_cli.engine import resolve_device
@@ -473,7 +478,7 @@ def _working_size(protected: Path) -> int:
 
 def render_verify(report: Any) -> None:
     table = Table(title="victim accuracy on clean test images (lower is better for you)", title_justify="left")
-    for col in ("task", "majority", "clean-trained", "protected-trained", "drop", "best epoch", "train acc (protected)"):
+    for col in ("task", "majority", "clean-trained", "protected-trained", "drop", "best epoch", "train acc*"):
         table.add_column(col, justify="left" if col == "task" else "right")
     extra = [d for d in report.defenses if d != "none"]
     for d in extra:
@@ -482,14 +487,16 @@ def render_verify(report: Any) -> None:
         limit = row.majority + report.threshold / 100
         colour = "green" if row.protected_acc <= limit else "red"
         table.add_row(row.task, f"{row.majority:.1%}", f"{row.clean_acc:.1%}", f"[{colour}]{row.protected_acc:.1%}[/]",
-                      f"{row.drop * 100:+.1f}".replace("+", "-", 1) if row.drop > 0 else f"{-row.drop * 100:+.1f}",
+                      f"{-row.drop * 100:+.1f}",
                       f"{row.protected_best:.1%}", f"{row.protected_train_acc:.1%}",
                       *(f"{row.by_defense[d]:.1%}" for d in extra))
     mean = report.to_dict()["mean"]
     table.add_row("[bold]mean[/]", f"{mean['majority']:.1%}", f"{mean['clean_acc']:.1%}", f"{mean['protected_acc']:.1%}",
-                  f"-{(mean['clean_acc'] - mean['protected_acc']) * 100:.1f}", "", f"{mean['protected_train_acc']:.1%}",
+                  f"{(mean['protected_acc'] - mean['clean_acc']) * 100:+.1f}", "", f"{mean['protected_train_acc']:.1%}",
                   *(f"{mean['by_defense'][d]:.1%}" for d in extra))
     console.print(table)
+    console.print("[dim]* accuracy of the protected-trained victim on its own training files: high train and low test "
+                  "accuracy is the shortcut signature[/]")
     if any(row.stl_protected_acc is not None for row in report.tasks):
         stl = Table(title="single-task victims", title_justify="left")
         for col in ("task", "clean-trained", "protected-trained"):

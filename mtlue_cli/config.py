@@ -126,10 +126,10 @@ class VerifyConfig:
 # (method-spec §14.3: a 64-px generator epoch over 2,400 images costs ~3.5 min there), so it shrinks
 # the working size and the epochs and says so in --help.
 FIT_RECIPES: dict[str, dict[str, Any]] = {
-    "paper-utkface": dict(image_size=140, crop=128, batch_size=128, epochs=100, surrogate_epochs=60),
-    "paper-celeba": dict(image_size=70, crop=64, batch_size=512, epochs=100, surrogate_epochs=60),
+    "paper-utkface": dict(image_size=140, batch_size=128, epochs=100, surrogate_epochs=60),
+    "paper-celeba": dict(image_size=70, batch_size=512, epochs=100, surrogate_epochs=60),
     "quick": dict(
-        image_size=32, crop=28, batch_size=64, epochs=12, surrogate_epochs=12, sep_every=2, checkpoint_every=4,
+        image_size=32, batch_size=64, epochs=12, surrogate_epochs=12, sep_every=2, checkpoint_every=4,
     ),
 }
 VERIFY_RECIPES: dict[str, dict[str, Any]] = {

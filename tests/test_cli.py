@@ -1,0 +1,92 @@
+"""CLI tests: options map to the config the library receives (style rule 10), exit codes, torchrun."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mtlue_cli.cli import app
+from mtlue_cli.config import EPSILON_PRESETS, FitConfig, parse_epsilon
+from mtlue_cli.errors import ConfigError
+
+runner = CliRunner()
+
+
+def test_help_lists_every_command_and_the_presets():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("inspect", "fit", "protect", "verify", "export", "demo"):
+        assert command in result.output
+    fit_help = runner.invoke(app, ["fit", "--help"], env={"COLUMNS": "200"}).output
+    assert "low = 4/255" in fit_help and "high = 16/255" in fit_help and "Examples" in fit_help
+
+
+def test_epsilon_parsing():
+    assert parse_epsilon("8/255") == pytest.approx(8 / 255)
+    assert parse_epsilon("8") == pytest.approx(8 / 255)
+    assert parse_epsilon("0.0314") == pytest.approx(0.0314)
+    assert parse_epsilon("high") == EPSILON_PRESETS["high"]
+    for bad in ("eight", "0", "200/255"):
+        with pytest.raises(ConfigError):
+            parse_epsilon(bad)
+
+
+def test_fit_flags_reach_the_config(monkeypatch, tiny_csv_dataset, tmp_path):
+    seen = {}
+
+    def fake_fit(dataset, cfg, out, on_event=None):
+        seen.update(cfg=cfg, out=out, n=len(dataset), size=dataset.size)
+        raise SystemExit(0)
+
+    monkeypatch.setattr("mtlue_cli.fit.fit_generator", fake_fit)
+    d = tiny_csv_dataset
+    result = runner.invoke(app, ["fit", str(d.root), "--labels", str(d.labels), "--method", "sep", "--preset", "high",
+                                 "--quick", "--epochs", "7", "--size", "16", "--lambda-inter", "50",
+                                 "--unprotected", "age", "--out", str(tmp_path / "g"), "--device", "cpu", "-q"])
+    assert result.exit_code == 0, result.output
+    cfg: FitConfig = seen["cfg"]
+    assert (cfg.method, cfg.epochs, cfg.image_size, cfg.lambda_inter) == ("sep", 7, 16, 50.0)
+    assert cfg.epsilon == pytest.approx(16 / 255) and cfg.unprotected == ("age",)
+    assert cfg.surrogate_epochs == 12 and cfg.batch_size == 64  # from the quick recipe
+    assert seen["size"] == 16 and seen["n"] == 12
+
+
+def test_fit_usage_errors_exit_2(tiny_csv_dataset, tmp_path):
+    d = tiny_csv_dataset
+    result = runner.invoke(app, ["fit", str(d.root), "--labels", str(d.labels), "--preset", "extreme", "-q"])
+    assert result.exit_code == 2 and "error:" in result.output
+    result = runner.invoke(app, ["fit", str(d.root), "--labels", str(d.labels), "--recipe", "nope", "--device", "cpu", "-q"])
+    assert result.exit_code == 2
+
+
+def test_missing_data_is_exit_1(tmp_path):
+    result = runner.invoke(app, ["fit", str(tmp_path / "nothing"), "--device", "cpu", "-q"])
+    assert result.exit_code == 1 and "no such folder" in result.output
+
+
+def test_export_list_shows_the_bundled_alias():
+    result = runner.invoke(app, ["export", "--list"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "demo-shapes" in result.output
+
+
+def test_torchrun_two_gloo_processes_write_one_generator(tmp_path):
+    """issue #4: data-parallel fit on CPU with gloo and 2 processes gives a normal generator folder."""
+    from mtlue_cli.demo import make_shapes
+
+    make_shapes(tmp_path / "data", n=16, size=16)
+    out = tmp_path / "gen"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "mtlue_cli",
+           "fit", str(tmp_path / "data" / "images"), "--labels", str(tmp_path / "data" / "labels.csv"), "--device",
+           "cpu", "--size", "16", "--epochs", "1", "--surrogate-epochs", "1", "--batch-size", "8", "--out", str(out), "-q"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == [
+        "README.md", "config.json", "fit_record.json", "model.safetensors"]
+    import json
+
+    assert json.loads((out / "fit_record.json").read_text())["processes"] == 2
+    assert proc.stderr.count("generator written") <= 1 and proc.stdout.count("generator written") <= 1

@@ -1,0 +1,109 @@
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from mtlue_cli.cli import app
+from mtlue_cli.config import DataConfig, VerifyConfig
+from mtlue_cli.data import read_labels, split_indices
+from mtlue_cli.errors import ConfigError
+from mtlue_cli.verify import verify
+
+N, SIZE = 72, 16
+
+
+def draw(bright: int, band: int, rng: np.random.Generator) -> np.ndarray:
+    """Task 'light': global brightness; task 'band': which horizontal third holds a bright stripe."""
+    img = rng.integers(40, 80, (SIZE, SIZE, 3)) + 90 * bright
+    rows = slice(band * SIZE // 3 + 1, (band + 1) * SIZE // 3)
+    img[rows] += 60
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_set(root: Path, shortcut: bool = False, only: set[str] | None = None) -> Path:
+    """Clean images, or 'protected' ones carrying an inverted class-wise shortcut (labels unchanged)."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True)
+    rows = []
+    for i in range(N):
+        light, band = i % 2, i % 3
+        name = f"{i:03d}.png"
+        pixels = draw(1 - light if shortcut else light, (band + 1) % 3 if shortcut else band, rng)
+        if only is None or name in only:
+            Image.fromarray(pixels).save(root / name)
+            rows.append((name, light, band))
+    with (root / "labels.csv").open("w", newline="") as fh:
+        csv.writer(fh).writerows([("path", "light", "band"), *rows])
+    return root
+
+
+@pytest.fixture()
+def sets(tmp_path):
+    clean = write_set(tmp_path / "clean")
+    records = read_labels(DataConfig(root=clean, labels=clean / "labels.csv")).records
+    train, _ = split_indices(records, 0.25, 0)
+    names = {records[i].path for i in train}
+    return clean, names, tmp_path
+
+
+CFG = VerifyConfig(epochs=8, batch_size=16, seed=0, device="cpu", test_split=0.25)
+
+
+def data(root: Path) -> DataConfig:
+    return DataConfig(root=root, labels=root / "labels.csv", size=SIZE)
+
+
+def test_shortcut_is_effective_and_clean_copies_are_not(sets):
+    clean, names, tmp = sets
+    fake_protected = write_set(tmp / "prot", shortcut=True, only=names)
+    report = verify(data(clean), fake_protected, CFG)
+    assert [r.task for r in report.tasks] == ["light", "band"]
+    assert report.effective, report.to_dict()
+    assert all(r.protected_acc <= r.majority + 0.05 for r in report.tasks)
+    assert all(r.protected_train_acc > r.protected_acc + 0.3 for r in report.tasks)  # the shortcut signature
+    assert all(r.clean_acc > r.majority + 0.3 for r in report.tasks)
+
+    copies = write_set(tmp / "copies", only=names)
+    report = verify(data(clean), copies, CFG)
+    assert not report.effective and set(report.failing) == {"light", "band"}
+
+
+def test_majority_baseline_is_exact_and_defences_add_columns(sets):
+    clean, names, tmp = sets
+    prot = write_set(tmp / "prot", shortcut=True, only=names)
+    cfg = VerifyConfig(epochs=1, batch_size=16, device="cpu", test_split=0.25, defenses=("grayscale", "bdr2"))
+    report = verify(data(clean), prot, cfg)
+    records = read_labels(data(clean)).records
+    train, test = split_indices(records, 0.25, 0)
+    for k, row in enumerate(report.tasks):
+        counts = np.bincount([records[i].labels[k] for i in train], minlength=3)
+        expected = np.mean([records[i].labels[k] == counts.argmax() for i in test])
+        assert row.majority == pytest.approx(expected)
+        assert set(row.by_defense) == {"none", "grayscale", "bdr2"}
+    assert report.defenses == ["none", "grayscale", "bdr2"] and report.test_images == len(test)
+
+
+def test_refuses_to_test_on_protected_images(sets):
+    clean, _, tmp = sets
+    everything = write_set(tmp / "all", shortcut=True)
+    with pytest.raises(ConfigError, match="--holdout 0.25 --seed 0"):
+        verify(data(clean), everything, CFG)
+
+
+def test_cli_exit_codes_and_json(sets):
+    clean, names, tmp = sets
+    prot = write_set(tmp / "prot", shortcut=True, only=names)
+    copies = write_set(tmp / "copies", only=names)
+    runner = CliRunner()
+    base = ["verify", "--clean", str(clean), "--labels", str(clean / "labels.csv"), "--test-split", "0.25",
+            "--epochs", "8", "--batch-size", "16", "--res", str(SIZE), "--device", "cpu", "-q"]
+    ok = runner.invoke(app, [*base, "--protected", str(prot), "--json", str(tmp / "r.json")])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads((tmp / "r.json").read_text())["effective"] is True
+    bad = runner.invoke(app, [*base, "--protected", str(copies)])
+    assert bad.exit_code == 4, bad.output
+    assert "NOT effective" in bad.output
