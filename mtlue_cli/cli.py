@@ -260,6 +260,7 @@ def fit(
     em_stop_mode: Annotated[Optional[str], typer.Option(help="EM stop check with the surrogate in eval (ours) or train (official) mode.")] = None,
     unprotected: TasksOpt = None,
     surrogate: Annotated[Optional[str], typer.Option(help="Surrogate trunk: resnet18|resnet50|vgg16|densenet121|vit_b_16.")] = None,
+    bound: Annotated[Optional[str], typer.Option(help="How δ is kept within ±ε: clamp (the paper's hard clamp) or tanh (ε·tanh; learns faster in short runs).")] = None,
     checkpoint_every: Annotated[Optional[int], typer.Option(help="Save a resumable checkpoint every N epochs.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
     amp: Annotated[str, typer.Option(help="auto|bf16|fp16|off (CUDA only).")] = "auto",
@@ -296,7 +297,7 @@ def fit(
             epochs=epochs, batch_size=batch_size, surrogate_epochs=surrogate_epochs, stop_error=stop_error,
             lambda_intra=lambda_intra, lambda_inter=lambda_inter, intra_form=intra_form, tap_binary=tap_binary,
             sep_recompute=sep_recompute, sep_paper_weighting=sep_paper_weighting, em_stop_mode=em_stop_mode,
-            unprotected=_tasks(unprotected), surrogate=surrogate, checkpoint_every=checkpoint_every, resume=resume,
+            unprotected=_tasks(unprotected), surrogate=surrogate, bound=bound, checkpoint_every=checkpoint_every, resume=resume,
             amp=amp, device=device, seed=seed,
         )
         if (out / "model.safetensors").exists() and not resume:
@@ -378,8 +379,8 @@ def protect(
                             overwrite=overwrite, strict=strict, batch_size=batch_size, workers=workers, preview=preview,
                             holdout=holdout, seed=seed, device=device, amp=amp)
         loaded = load_generator(generator, revision=revision)
-        data_cfg = _data_config(data, labels, layout, path_column, tasks, partition, split, True, workers, loaded.model.image_size)
-        data_cfg = DataConfig(**{**data_cfg.__dict__, "skip_bad": skip_bad})
+        data_cfg = _data_config(data, labels, layout, path_column, tasks, partition, split, skip_bad, workers,
+                                loaded.model.image_size)
         with Renderer(quiet) as render:
             report = protect_dataset(loaded, data_cfg, out, cfg, on_event=render)
     _render_protect(report)
@@ -433,8 +434,10 @@ def verify(
     defense: Annotated[str, typer.Option("--defense", help="Comma list: none, grayscale, jpegQ, bdrB (e.g. none,grayscale,jpeg10,bdr2).")] = "none",
     adv_train: Annotated[bool, typer.Option("--adv-train", help="PGD adversarial training of the victim (slow).")] = False,
     stl: Annotated[bool, typer.Option("--stl", help="Also train one single-task victim per task.")] = False,
-    threshold: Annotated[float, typer.Option(help="Points above the majority baseline that still count as protected.")] = 5.0,
+    threshold: Annotated[float, typer.Option(help="Points above the majority baseline (0.5 for AUC) that still count as protected.")] = 5.0,
+    metric: Annotated[str, typer.Option(help="acc (top-1 accuracy) or auc (ROC-AUC per task, for multi-label binary data).")] = "acc",
     json_file: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON to this file.")] = None,
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse the clean-victim result of identical data and recipe (~/.cache/mtlue or MTLUE_CACHE_DIR).")] = True,
     amp: Annotated[str, typer.Option(help="auto|bf16|fp16|off (CUDA only).")] = "auto",
     layout: LayoutOpt = "auto",
     path_column: PathColumnOpt = None,
@@ -455,7 +458,7 @@ def verify(
         size = res or _working_size(protected)
         cfg = make_config(VerifyConfig, VERIFY_RECIPES[recipe], victim=victim, epochs=epochs, res=size,
                           batch_size=batch_size, weighting=weighting, defenses=_tasks(defense) or ("none",),
-                          adv_train=adv_train, stl=stl, test_split=test_split, threshold=threshold, seed=seed,
+                          adv_train=adv_train, stl=stl, test_split=test_split, threshold=threshold, seed=seed, metric=metric, cache=cache,
                           device=device, amp=amp)
         clean_cfg = _data_config(clean, labels, layout, path_column, tasks, None, "all", skip_bad, workers, size)
         test_cfg = (_data_config(test, test_labels or labels, layout, path_column, tasks, None, "all", skip_bad, workers, size)

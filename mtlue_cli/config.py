@@ -70,6 +70,7 @@ class FitConfig:
     em_stop_mode: str = "eval"  # eval|train: BN mode of the EM stop check (§14.1)
     unprotected: tuple[str, ...] = ()  # tasks left learnable (§2.4)
     conditioning: str = "full"  # full|classwise|z_only (§2.2 ablations)
+    bound: str = "clamp"  # clamp (the paper's hard ±ε, §2.3) | tanh (ε·tanh: gradients on every pixel)
     seed: int = 0
     device: str = "auto"
     amp: str = "auto"  # auto|bf16|fp16|off (autocast on CUDA only)
@@ -115,11 +116,12 @@ class VerifyConfig:
     adv_train: bool = False
     stl: bool = False
     test_split: float = 0.2
-    threshold: float = 5.0  # points above the majority baseline that still count as protected
+    threshold: float = 5.0  # points above the majority baseline (AUC: above 0.5) that still count as protected
+    metric: str = "acc"  # acc|auc (§6.4: mean AUC for multi-label binary data such as ChestX-ray14)
     seed: int = 0
     device: str = "auto"
     amp: str = "auto"
-    time_budget: float | None = None  # seconds; picks the epochs to fit
+    cache: bool = True  # reuse the clean baseline of identical data + recipe (MTLUE_CACHE_DIR)
 
 
 # Recipes: whole-run presets. "paper-*" hold the published settings; "quick" is sized for a 2-core CPU

@@ -260,6 +260,7 @@ def train_classifier(
     adv_train: bool = False,
     checkpoint_every: int | None = None,
     evaluate_on: tuple[torch.Tensor, torch.Tensor] | None = None,
+    metric: str = "acc",
     on_event: OnEvent = noop,
     stage: str = "victim",
     description: str = "Training",
@@ -292,7 +293,7 @@ def train_classifier(
         record = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1),
                   "train_acc": float(correct.mean() / seen) if correct is not None else 0.0}
         if evaluate_on is not None:
-            per_task = evaluate(trainer.model, *evaluate_on, trainer.num_classes, crop, device)
+            per_task = evaluate(trainer.model, *evaluate_on, trainer.num_classes, crop, device, metric=metric)
             record["test_acc"] = sum(per_task) / len(per_task)
             record["test_acc_tasks"] = per_task  # type: ignore[assignment]
         result.history.append(record)
@@ -304,14 +305,32 @@ def train_classifier(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: list[int], crop: int,
-             device: torch.device, batch_size: int = 256, amp: str = "auto") -> list[float]:
-    """Per-task top-1 accuracy on centre crops (method-spec §6.3 test transform)."""
+             device: torch.device, batch_size: int = 256, amp: str = "auto", metric: str = "acc") -> list[float]:
+    """Per-task top-1 accuracy (or ROC-AUC, macro one-vs-rest for multi-class) on centre crops (§6.3, §6.4)."""
+    from mtlue_cli.metrics import roc_auc
+
     model.eval()
     correct = torch.zeros(len(num_classes))
+    scores: list[list[torch.Tensor]] = [[] for _ in num_classes]
     for idx in batch_indices(len(images), batch_size, False, None):
         x = center_crop(to_float(images[idx], device), crop)
         with autocast(device, amp):
-            logits = model(x)
-        pred = predict([t.float() for t in logits], num_classes).cpu()
+            logits = [t.float() for t in model(x)]
+        pred = predict(logits, num_classes).cpu()
         correct += (pred == labels[idx]).sum(0).float()
-    return (correct / max(len(images), 1)).tolist()
+        for k, t in enumerate(logits):
+            scores[k].append(t.cpu())
+    if metric == "acc":
+        return (correct / max(len(images), 1)).tolist()
+    if metric != "auc":
+        raise ConfigError(f"--metric must be acc or auc, not {metric!r}")
+    out = []
+    for k, c in enumerate(num_classes):
+        s = torch.cat(scores[k])
+        if c == 2:
+            out.append(roc_auc(s[:, 0], labels[:, k] == 1))
+        else:
+            per_class = [roc_auc(s[:, j], labels[:, k] == j) for j in range(c)]
+            valid = [a for a in per_class if a == a]
+            out.append(sum(valid) / len(valid) if valid else float("nan"))
+    return out

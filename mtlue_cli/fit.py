@@ -179,7 +179,7 @@ def fit_generator(dataset: MultiTaskImageDataset, cfg: FitConfig, out: Path, on_
     # --- generator, optimiser, schedule (§4.1, §4.4)
     generator = PerturbationGenerator(
         tasks=spec.to_dict(), image_size=dataset.size, epsilon=cfg.epsilon, stem=cfg.stem,
-        unprotected=list(cfg.unprotected) or None, conditioning=cfg.conditioning,
+        unprotected=list(cfg.unprotected) or None, conditioning=cfg.conditioning, bound=cfg.bound,
     ).to(device)
     n_ckpt = len(surrogates)
     if cfg.method == "sep" and cfg.sep_paper_weighting:

@@ -16,6 +16,7 @@ from torchvision.models.resnet import BasicBlock
 
 STEMS = ("cifar", "imagenet")
 CONDITIONINGS = ("full", "classwise", "z_only")
+BOUNDS = ("clamp", "tanh")
 _ENCODER_CHANNELS = 128  # width of ResNet-18 layer2, i.e. of z (§2.1)
 
 
@@ -96,11 +97,14 @@ class PerturbationGenerator(
         embed_channels: int = 16,
         unprotected: list[str] | None = None,
         conditioning: str = "full",
+        bound: str = "clamp",
     ) -> None:
         super().__init__()
         tasks = _check_tasks(tasks)
         if stem not in STEMS:
             raise ValueError(f"unknown stem {stem!r}: use one of {', '.join(STEMS)}")
+        if bound not in BOUNDS:
+            raise ValueError(f"unknown bound {bound!r}: use one of {', '.join(BOUNDS)}")
         if conditioning not in CONDITIONINGS:
             raise ValueError(f"unknown conditioning {conditioning!r}: use one of {', '.join(CONDITIONINGS)}")
         if in_channels not in (1, 3):
@@ -128,9 +132,11 @@ class PerturbationGenerator(
         self.embed_channels = embed_channels
         self.unprotected = unprotected
         self.conditioning = conditioning
+        self.bound = bound
         # The mixin captured the caller's objects in __new__; keep a normalised copy instead, so
         # config.json always matches what was built.
         self._hub_mixin_config = {
+            "bound": bound,
             "conditioning": conditioning,
             "embed_channels": embed_channels,
             "epsilon": self.epsilon,
@@ -211,6 +217,11 @@ class PerturbationGenerator(
         # Clamp at epsilon itself, not upstream's 0.0314 > 8/255 (§2.3, §13.3). Hard clamp as
         # upstream: saturated pixels pass no gradient.
         bound = _largest_not_above(self.epsilon, out.dtype)
+        if self.bound == "tanh":
+            # Deviation from §2.3 (option bound="tanh"): at PyTorch's default init ~98% of the raw outputs
+            # exceed ±ε, so the hard clamp passes gradient through ~2% of pixels and the decoder barely
+            # learns; ε·tanh keeps |δ| < ε with a gradient everywhere.
+            return bound * torch.tanh(out)  # (B, C, H, W)
         return out.clamp(-bound, bound)  # (B, C, H, W)
 
     def _save_pretrained(self, save_directory: Path) -> None:

@@ -85,14 +85,15 @@ def save_generator(generator: Any, out: Path, method: str | None = None, record:
 
 def validate_config(config: Any, where: str) -> dict[str, Any]:
     """Types, ranges and size caps of an untrusted config.json."""
-    from mtlue_cli.generator import CONDITIONINGS, STEMS
+    from mtlue_cli.generator import BOUNDS, CONDITIONINGS, STEMS
 
     def bad(msg: str) -> WeightsError:
         return WeightsError(f"{where}: invalid generator config: {msg}")
 
     if not isinstance(config, dict):
         raise bad("not a JSON object")
-    allowed = {"tasks", "image_size", "in_channels", "epsilon", "stem", "embed_channels", "unprotected", "conditioning"}
+    allowed = {"tasks", "image_size", "in_channels", "epsilon", "stem", "embed_channels", "unprotected", "conditioning",
+               "bound"}
     extra = set(config) - allowed
     if extra:
         raise bad(f"unknown keys {sorted(extra)}")
@@ -114,6 +115,8 @@ def validate_config(config: Any, where: str) -> dict[str, Any]:
     eps = config.get("epsilon", 8 / 255)
     if not isinstance(eps, (int, float)) or not 0 < eps <= 64 / 255:
         raise bad("'epsilon' must be a number in (0, 64/255]")
+    if config.get("bound", "clamp") not in BOUNDS:
+        raise bad(f"'bound' must be one of {BOUNDS}")
     if config.get("stem", "cifar") not in STEMS or config.get("conditioning", "full") not in CONDITIONINGS:
         raise bad(f"'stem' must be one of {STEMS} and 'conditioning' one of {CONDITIONINGS}")
     unprotected = config.get("unprotected") or []

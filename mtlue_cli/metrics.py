@@ -45,3 +45,21 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
     s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
     return float(s.mean())
+
+
+def roc_auc(scores: "torch.Tensor", positive: "torch.Tensor") -> float:
+    """Area under the ROC curve (Mann-Whitney U with average ranks for ties); nan without both classes."""
+    import torch
+
+    scores, positive = scores.double().flatten(), positive.bool().flatten()
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = torch.argsort(scores)
+    sorted_scores = scores[order]
+    ranks = torch.empty_like(scores)
+    _, inverse, counts = torch.unique_consecutive(sorted_scores, return_inverse=True, return_counts=True)
+    ends = torch.cumsum(counts, 0).double()
+    average = ends - (counts.double() - 1) / 2  # 1-based average rank of each tie group
+    ranks[order] = average[inverse]
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

@@ -302,8 +302,6 @@ def protect_dataset(loaded: LoadedGenerator, data: DataConfig, out: Path, cfg: P
             results[record.path] = FileResult(**{**entry, "status": "resumed"})
         else:
             todo.append(record)
-    for problem in problems:
-        results[problem.path] = FileResult(problem.path, None, "failed", reason=problem.reason)
 
     manifest = manifest_path.open("a" if cfg.resume else "w", encoding="utf-8")
     if cfg.resume and manifest_path.stat().st_size and not manifest_path.read_bytes().endswith(b"\n"):
@@ -311,7 +309,8 @@ def protect_dataset(loaded: LoadedGenerator, data: DataConfig, out: Path, cfg: P
     failures: list[FileResult] = []
 
     def commit(result: FileResult) -> None:
-        results[result.source] = result
+        if result.status != "failed":  # a failed duplicate row must not mask its twin, nor be masked
+            results[result.source] = result
         manifest.write(json.dumps(asdict(result)) + "\n")
         manifest.flush()
         if result.status == "failed":
@@ -319,9 +318,9 @@ def protect_dataset(loaded: LoadedGenerator, data: DataConfig, out: Path, cfg: P
             if cfg.strict:
                 raise ProtectFailed(f"{result.source}: {result.reason} (--strict stops at the first failed file)")
 
-    for result in list(results.values()):
-        if result.status == "failed":
-            commit(result)
+    for problem in problems:  # label-level problems (kept with --skip-bad): recorded, reported, counted
+        commit(FileResult(problem.path, None, "failed", reason=f"{problem.reason} (labels row {problem.row})"
+                          if problem.row else problem.reason))
 
     def decode(record: Record) -> Decoded | FileProblem:
         try:
@@ -379,7 +378,7 @@ def protect_dataset(loaded: LoadedGenerator, data: DataConfig, out: Path, cfg: P
     finite_psnr = [r.psnr for r in ok if r.psnr is not None and r.psnr != float("inf")]
     report = ProtectReport(
         out=out, total=len(records) + len(test_idx), written=written, resumed=len(ok) - written,
-        failed=[r for r in results.values() if r.status == "failed"], held_out=len(test_idx),
+        failed=failures, held_out=len(test_idx),
         epsilon_255=epsilon * 255, max_linf_255=max((r.linf_255 or 0 for r in ok), default=0),
         mean_psnr=float(np.mean(finite_psnr)) if finite_psnr else float("inf"),
         mean_ssim=float(np.mean([r.ssim for r in ok if r.ssim is not None])) if ok else float("nan"),

@@ -5,7 +5,9 @@ both on clean images that never went through `protect` (method-spec §6; ecosyst
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -149,7 +151,8 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
     device = resolve_device(cfg.device)
     crop = cfg.crop or max(8, round(res * 128 / 140))
     milestones = lr_milestones(cfg.epochs, cfg.milestones)
-    majority = majority_baseline(clean_train.labels, test_labels, nc)
+    # The chance level a victim must beat: the majority class for accuracy, 0.5 for AUC.
+    majority = majority_baseline(clean_train.labels, test_labels, nc) if cfg.metric == "acc" else [0.5] * len(nc)
     log(on_event, f"victim {cfg.victim} ({cfg.victim_stem} stem), {cfg.epochs} epochs at {res} px (crop {crop}), "
         f"{len(prot_set)} protected / {len(clean_train)} clean training images, {len(test_set)} clean test images")
 
@@ -159,16 +162,24 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
         trainer = ClassifierTrainer(model, nc, lr=cfg.lr, weight_decay=cfg.weight_decay, milestones=milestones,
                                     weighting=cfg.weighting, device=device, amp=cfg.amp, task_weights=task_weights)
         result = train_classifier(trainer, images, labels, epochs=cfg.epochs, batch_size=cfg.batch_size, crop=crop,
-                                  gen=gen, adv_train=cfg.adv_train, evaluate_on=(test_set.images, test_labels),
+                                  gen=gen, adv_train=cfg.adv_train, evaluate_on=(test_set.images, test_labels), metric=cfg.metric,
                                   on_event=on_event, stage=name, description=name)
         # §14.2: the last epoch is the reported figure; the best epoch is shown beside it (a poison
         # that only delays learning shows up there).
         final = result.history[-1]["test_acc_tasks"]
         best = max(result.history, key=lambda r: r["test_acc"])["test_acc_tasks"]
-        train_acc = evaluate(trainer.model, images, labels, nc, crop, device)
+        train_acc = evaluate(trainer.model, images, labels, nc, crop, device, metric=cfg.metric)
         return final, best, train_acc
 
-    clean_acc, clean_best, _ = run(clean_train.images, clean_train.labels, "clean victim")
+    cache_file = _cache_dir() / f"{_cache_key(clean_train, test_set, cfg, res, crop)}.json" if cfg.cache else None
+    if cache_file is not None and cache_file.is_file():
+        clean_acc, clean_best = json.loads(cache_file.read_text())["clean"]
+        log(on_event, f"clean victim: cached result reused ({cache_file})")
+    else:
+        clean_acc, clean_best, _ = run(clean_train.images, clean_train.labels, "clean victim")
+        if cache_file is not None:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            cache_file.write_text(json.dumps({"clean": [clean_acc, clean_best]}))
     rows = [TaskRow(spec.names[k], majority[k], clean_acc[k], clean_best[k], 0.0, 0.0, 0.0) for k in range(len(nc))]
     for defense in defenses:
         transform = transforms[defense]
@@ -188,10 +199,23 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
     failing_none = [row.task for k, row in enumerate(rows) if row.protected_acc > limit[k]]
     recipe = {"victim": cfg.victim, "stem": cfg.victim_stem, "epochs": cfg.epochs, "milestones": list(milestones),
               "res": res, "crop": crop, "batch_size": cfg.batch_size, "lr": cfg.lr, "weighting": cfg.weighting,
-              "adv_train": cfg.adv_train, "seed": cfg.seed, "augment": "per-sample random crop + flip",
+              "adv_train": cfg.adv_train, "seed": cfg.seed, "metric": cfg.metric, "augment": "per-sample random crop + flip",
               "device": str(device), "test": "separate folder" if test is not None else f"seeded split {cfg.test_split}"}
     return VerifyReport(rows, defenses, len(prot_set), len(test_set), _quality(protected), recipe, cfg.threshold,
                         effective=not failing_none, failing=failing, seconds=time.perf_counter() - started)
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("MTLUE_CACHE_DIR") or Path.home() / ".cache" / "mtlue") / "verify"
+
+
+def _cache_key(train: MultiTaskImageDataset, test: MultiTaskImageDataset, cfg: VerifyConfig, res: int, crop: int) -> str:
+    """The clean baseline depends only on the clean pixels, the labels and the recipe."""
+    recipe = {k: v for k, v in asdict(cfg).items() if k not in ("defenses", "adv_train", "stl", "threshold", "device", "cache")}
+    h = hashlib.sha256(json.dumps([recipe, res, crop], sort_keys=True, default=str).encode())
+    h.update(train.fingerprint().encode())
+    h.update(test.fingerprint().encode())
+    return h.hexdigest()[:32]
 
 
 def _quality(protected: Path) -> dict[str, float]:

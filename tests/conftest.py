@@ -94,3 +94,9 @@ def tiny_csv_dataset(tmp_path: Path) -> TinyDataset:
                       + "".join(",".join(r[k] for k in ("path", *tasks)) + "\n" for r in rows))
     classes = {"gender": ("female", "male"), "age": ("2", "9", "10"), "glasses": ("no", "yes")}
     return TinyDataset(root, labels, tasks, classes, rows)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """verify caches clean baselines under MTLUE_CACHE_DIR: keep tests out of the user's cache."""
+    monkeypatch.setenv("MTLUE_CACHE_DIR", str(tmp_path / "mtlue-cache"))

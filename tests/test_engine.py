@@ -88,3 +88,26 @@ def test_defenses_change_pixels_as_specified():
         parse_defense("jpeg0")
     with pytest.raises(ConfigError):
         parse_defense("blur")
+
+
+def test_roc_auc_hand_computed():
+    from mtlue_cli.metrics import roc_auc
+
+    # positives score 0.9, 0.4; negatives 0.6, 0.1, 0.4 -> pairs won 1+1+1 + 0+0+1 with one tie (0.4, 0.4) = 0.5
+    scores = torch.tensor([0.9, 0.4, 0.6, 0.1, 0.4])
+    positive = torch.tensor([1, 1, 0, 0, 0])
+    assert roc_auc(scores, positive) == pytest.approx((3 + 1 + 0.5) / 6)
+    assert roc_auc(torch.tensor([1.0, 2.0]), torch.tensor([0, 0])) != roc_auc(torch.tensor([1.0]), torch.tensor([1]))  # nan
+
+
+def test_evaluate_auc_metric():
+    from mtlue_cli.engine import evaluate
+
+    torch.manual_seed(0)
+    model = MTLClassifier([2, 3], stem="cifar", image_size=12)
+    images = torch.randint(0, 256, (20, 3, 12, 12), dtype=torch.uint8)
+    labels = torch.stack([torch.arange(20) % 2, torch.arange(20) % 3], 1)
+    aucs = evaluate(model, images, labels, [2, 3], 12, torch.device("cpu"), metric="auc")
+    assert len(aucs) == 2 and all(0 <= a <= 1 for a in aucs)
+    with pytest.raises(ConfigError):
+        evaluate(model, images, labels, [2, 3], 12, torch.device("cpu"), metric="f1")

@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -107,3 +108,17 @@ def test_cli_exit_codes_and_json(sets):
     bad = runner.invoke(app, [*base, "--protected", str(copies)])
     assert bad.exit_code == 4, bad.output
     assert "NOT effective" in bad.output
+
+
+def test_clean_baseline_is_cached_by_data_and_recipe(sets):
+    clean, names, tmp = sets
+    prot = write_set(tmp / "prot", shortcut=True, only=names)
+    cfg = VerifyConfig(epochs=1, batch_size=16, device="cpu", test_split=0.25)
+    logs: list[str] = []
+    first = verify(data(clean), prot, cfg)
+    second = verify(data(clean), prot, cfg, on_event=lambda kind, info: logs.append(info.get("message", "")))
+    assert any("cached result reused" in m for m in logs)
+    assert [r.clean_acc for r in first.tasks] == [r.clean_acc for r in second.tasks]
+    logs.clear()
+    verify(data(clean), prot, dataclasses.replace(cfg, epochs=2), on_event=lambda k, i: logs.append(i.get("message", "")))
+    assert not any("cached" in m for m in logs)  # another recipe, another baseline
