@@ -552,7 +552,7 @@ def export(
             for col in ("alias", "repo", "revision", "size", "tasks"):
                 table.add_column(col)
             for alias, entry in registry().items():
-                table.add_row(alias, entry["repo_id"], entry["revision"][:12], str(entry["image_size"]),
+                table.add_row(alias, entry["repo_id"], (entry.get("revision") or "bundled only")[:12], str(entry["image_size"]),
                               ", ".join(f"{k}({len(v)})" for k, v in entry["tasks"].items()))
             console.print(table)
             return
@@ -581,8 +581,8 @@ def export(
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the demo's data, protected copies and preview.")] = Path("mtlue-demo"),
     generator: Annotated[str, typer.Option("--generator", "-g", help="Generator to use.")] = "demo-shapes",
-    images: Annotated[int, typer.Option(help="Synthetic images to make.")] = 600,
-    epochs: Annotated[int, typer.Option(help="Victim epochs.")] = 10,
+    images: Annotated[int, typer.Option(help="Synthetic images to make.")] = 800,
+    epochs: Annotated[int, typer.Option(help="Victim epochs.")] = 12,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     debug: DebugOpt = False,

@@ -160,13 +160,15 @@ def augment(x: torch.Tensor, crop: int, gen: torch.Generator | None = None) -> t
     cols = torch.where(flip[:, None], cols.flip(1), cols)
     bi = torch.arange(b, device=x.device)[:, None, None]
     out = x.permute(0, 2, 3, 1)[bi, rows[:, :, None], cols[:, None, :]]  # (B,crop,crop,C)
-    return out.permute(0, 3, 1, 2)
+    # Contiguous NCHW: the permuted (channels-last strided) view takes a CPU conv path ~4x slower,
+    # measured by benchmarks/run.py (victim img/s).
+    return out.permute(0, 3, 1, 2).contiguous()
 
 
 def center_crop(x: torch.Tensor, crop: int) -> torch.Tensor:
     h, w = x.shape[-2:]
     top, left = (h - crop) // 2, (w - crop) // 2
-    return x[..., top : top + crop, left : left + crop]
+    return x[..., top : top + crop, left : left + crop].contiguous()
 
 
 # ----------------------------------------------------------------------------- classifier training

@@ -222,6 +222,8 @@ def load_generator(spec: str, revision: str | None = None, device: Any = "cpu", 
     if spec in aliases:
         entry = aliases[spec]
         bundled = _bundled(entry["bundled"]) if entry.get("bundled") else None
+        if bundled is None and not entry.get("revision"):
+            raise WeightsError(f"alias {spec!r} is not bundled with this install and has no pinned Hub revision")
         folder = bundled or _download(entry["repo_id"], revision or entry["revision"], cache_dir)
         model, digest, meta = load_folder(folder, device, expected_sha256=entry["sha256"])
         return LoadedGenerator(model, "alias", spec, folder, entry["revision"], digest, meta, _record(folder))

@@ -7,7 +7,6 @@ uint8 (ecosystem §1.3-1.5, §3.4; the official export floors, method-spec §13.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -25,7 +24,7 @@ from mtlue_cli.config import DataConfig, ProtectConfig
 from mtlue_cli.data import Decoded, LabelTable, Record, open_image, raise_problems, read_labels, split_indices, to_working
 from mtlue_cli.errors import ConfigError, DatasetError, FileProblem, MtlueError
 from mtlue_cli.events import OnEvent, log, noop
-from mtlue_cli.hub import LoadedGenerator
+from mtlue_cli.hub import LoadedGenerator, file_sha256
 from mtlue_cli.metrics import linf, psnr, ssim
 
 MANIFEST, RUN, LABELS = "manifest.jsonl", "run.json", "labels.csv"
@@ -81,14 +80,6 @@ class ProtectReport:
     format: str
     preview: Path | None = None
     warnings: list[str] = field(default_factory=list)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_output_folder(root: Path, out: Path, cfg: ProtectConfig) -> None:
@@ -215,7 +206,7 @@ def _finish(record: Record, decoded: Decoded, delta: Any, root: Path, out: Path,
     result = FileResult(record.path, dst, "failed", width=width, height=height, mode=decoded.source_mode,
                         exif_rotated=decoded.exif_rotated)
     try:
-        result.sha256_in = _sha256(source)
+        result.sha256_in = file_sha256(source)
         pixels = compose(decoded, _upsample(delta, height, width, epsilon))
         target = out / dst
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -228,7 +219,7 @@ def _finish(record: Record, decoded: Decoded, delta: Any, root: Path, out: Path,
         result.linf_255, result.psnr, result.ssim = linf(back, original), psnr(back, original), ssim(back, original)
         if decoded.alpha is not None:
             result.alpha_kept = back_alpha is not None and np.array_equal(np.asarray(back_alpha), np.asarray(decoded.alpha))
-        result.sha256_out = _sha256(target)
+        result.sha256_out = file_sha256(target)
         result.status = "ok"
     except FileProblem as problem:
         result.reason = problem.reason
@@ -297,8 +288,8 @@ def protect_dataset(loaded: LoadedGenerator, data: DataConfig, out: Path, cfg: P
     for record in records:
         entry = previous.get(record.path)
         target = out / names[record.path]
-        if (entry and entry.get("status") == "ok" and target.is_file() and entry.get("sha256_out") == _sha256(target)
-                and entry.get("sha256_in") == _sha256(root / record.path)):
+        if (entry and entry.get("status") == "ok" and target.is_file() and entry.get("sha256_out") == file_sha256(target)
+                and entry.get("sha256_in") == file_sha256(root / record.path)):
             results[record.path] = FileResult(**{**entry, "status": "resumed"})
         else:
             todo.append(record)
@@ -350,7 +341,7 @@ def protect_dataset(loaded: LoadedGenerator, data: DataConfig, out: Path, cfg: P
             if good:
                 mode = "L" if model.in_channels == 1 else "RGB"
                 x = torch.stack([torch.from_numpy(np.asarray(to_working(d.image, size).convert(mode)).copy()) for _, d in good])
-                x = (x[..., None] if x.ndim == 3 else x).permute(0, 3, 1, 2)
+                x = (x[..., None] if x.ndim == 3 else x).permute(0, 3, 1, 2).contiguous()  # NCHW: the fast conv path
                 y = torch.tensor([[int(m[r.labels[k]]) for k, m in remap] for r, _ in good], dtype=torch.long)
                 with torch.inference_mode(), autocast(device, cfg.amp):
                     deltas = model(x.to(device).float().div_(255), y.to(device)).float().cpu()  # (B,C,S,S)
@@ -392,7 +383,7 @@ def protect_dataset(loaded: LoadedGenerator, data: DataConfig, out: Path, cfg: P
                       "sha256": loaded.sha256, "method": loaded.method, "image_size": size},
         "epsilon": epsilon, "epsilon_255": epsilon * 255, "tasks": tasks,
         "labels_file": str(table.labels_file) if table.labels_file else None,
-        "labels_sha256": _sha256(table.labels_file) if table.labels_file else None,
+        "labels_sha256": file_sha256(table.labels_file) if table.labels_file else None,
         "input_root": str(root), "layout": table.layout,
         "held_out": [table.records[i].path for i in test_idx], "holdout": cfg.holdout,
         "summary": {k: v for k, v in asdict(report).items() if k not in ("failed", "out", "preview")},

@@ -1,0 +1,76 @@
+"""issue #7 'done means': fit -> export -> load by folder, by alias and by a (fake-cache) Hub id gives
+bit-identical protected files; a vocabulary mismatch is a clear error; the bundled alias loads offline."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+import mtlue_cli.hub as hub
+from mtlue_cli.config import DataConfig, FitConfig, ProtectConfig
+from mtlue_cli.data import load_dataset
+from mtlue_cli.errors import DatasetError
+from mtlue_cli.export import export_generator
+from mtlue_cli.fit import fit_generator
+from mtlue_cli.hub import load_generator
+from mtlue_cli.protect import protect_dataset
+
+REV = "fedcba9876543210fedcba9876543210fedcba98"
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*.png"))}
+
+
+def test_fit_export_and_every_way_of_loading_protect_identically(tiny_csv_dataset, tmp_path, monkeypatch):
+    import huggingface_hub.constants as hf_constants
+
+    d = tiny_csv_dataset
+    data = DataConfig(root=d.root, labels=d.labels, size=16)
+    cfg = FitConfig(method="tap", image_size=16, epochs=1, surrogate_epochs=1, batch_size=6, device="cpu")
+    fit_generator(load_dataset(data), cfg, tmp_path / "gen")
+    exported = export_generator(load_generator(str(tmp_path / "gen")), tmp_path / "exported")
+
+    cache = tmp_path / "hf-cache"
+    snapshot = cache / "models--me--faces" / "snapshots" / REV
+    snapshot.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        shutil.copyfile(exported / name, snapshot / name)
+    (cache / "models--me--faces" / "refs").mkdir()
+    (cache / "models--me--faces" / "refs" / "main").write_text(REV)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+    digest = hashlib.sha256((exported / "model.safetensors").read_bytes()).hexdigest()
+    monkeypatch.setattr(hub, "registry", lambda: {"faces": {
+        "repo_id": "me/faces", "revision": REV, "sha256": digest, "bundled": None, "image_size": 16, "tasks": {}}})
+
+    outputs = {}
+    for name, spec in (("folder", str(tmp_path / "gen")), ("exported", str(exported)), ("alias", "faces"),
+                       ("hub", f"me/faces@{REV}")):
+        out = tmp_path / f"prot-{name}"
+        protect_dataset(load_generator(spec), data, out, ProtectConfig(device="cpu"))
+        outputs[name] = digests(out)
+    assert len(outputs["folder"]) == 12
+    assert outputs["folder"] == outputs["exported"] == outputs["alias"] == outputs["hub"]
+
+
+def test_vocabulary_mismatch_names_the_value(tiny_csv_dataset, tmp_path):
+    from mtlue_cli.generator import PerturbationGenerator
+    from mtlue_cli.hub import save_generator
+
+    d = tiny_csv_dataset
+    tasks = {"gender": ["female", "male"], "age": ["2", "9"], "glasses": ["no", "yes"]}  # no age "10"
+    save_generator(PerturbationGenerator(tasks, image_size=16), tmp_path / "g")
+    with pytest.raises(DatasetError, match=r"'10'.*\['2', '9'\]"):
+        protect_dataset(load_generator(str(tmp_path / "g")), DataConfig(root=d.root, labels=d.labels),
+                        tmp_path / "out", ProtectConfig(device="cpu"))
+
+
+def test_bundled_demo_alias_loads_offline_and_matches_its_pin():
+    entry = hub.registry()["demo-shapes"]
+    loaded = load_generator("demo-shapes")
+    assert loaded.source == "alias" and loaded.sha256 == entry["sha256"]
+    assert loaded.model.tasks == entry["tasks"] and loaded.model.image_size == entry["image_size"]
