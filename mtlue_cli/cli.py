@@ -437,6 +437,7 @@ def verify(
     threshold: Annotated[float, typer.Option(help="Points above the majority baseline (0.5 for AUC) that still count as protected.")] = 5.0,
     metric: Annotated[str, typer.Option(help="acc (top-1 accuracy) or auc (ROC-AUC per task, for multi-label binary data).")] = "acc",
     json_file: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON to this file.")] = None,
+    time_budget: Annotated[Optional[float], typer.Option(help="Seconds for the whole verification; picks the victim epochs (at most --epochs) to fit.")] = None,
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse the clean-victim result of identical data and recipe (~/.cache/mtlue or MTLUE_CACHE_DIR).")] = True,
     amp: Annotated[str, typer.Option(help="auto|bf16|fp16|off (CUDA only).")] = "auto",
     layout: LayoutOpt = "auto",
@@ -458,7 +459,7 @@ def verify(
         size = res or _working_size(protected)
         cfg = make_config(VerifyConfig, VERIFY_RECIPES[recipe], victim=victim, epochs=epochs, res=size,
                           batch_size=batch_size, weighting=weighting, defenses=_tasks(defense) or ("none",),
-                          adv_train=adv_train, stl=stl, test_split=test_split, threshold=threshold, seed=seed, metric=metric, cache=cache,
+                          adv_train=adv_train, stl=stl, test_split=test_split, threshold=threshold, seed=seed, metric=metric, cache=cache, time_budget=time_budget,
                           device=device, amp=amp)
         clean_cfg = _data_config(clean, labels, layout, path_column, tasks, None, "all", skip_bad, workers, size)
         test_cfg = (_data_config(test, test_labels or labels, layout, path_column, tasks, None, "all", skip_bad, workers, size)

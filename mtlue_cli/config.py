@@ -122,6 +122,7 @@ class VerifyConfig:
     device: str = "auto"
     amp: str = "auto"
     cache: bool = True  # reuse the clean baseline of identical data + recipe (MTLUE_CACHE_DIR)
+    time_budget: float | None = None  # seconds for all victims; picks the epochs (at most `epochs`)
 
 
 # Recipes: whole-run presets. "paper-*" hold the published settings; "quick" is sized for a 2-core CPU

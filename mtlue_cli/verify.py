@@ -150,6 +150,11 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
     nc = spec.num_classes
     device = resolve_device(cfg.device)
     crop = cfg.crop or max(8, round(res * 128 / 140))
+    if cfg.time_budget is not None:
+        victims = 1 + len(defenses) + (2 * len(nc) if cfg.stl else 0)
+        epochs = _epochs_for_budget(cfg, nc, crop, device, len(prot_set), victims)
+        log(on_event, f"--time-budget {cfg.time_budget:.0f} s: {epochs} epoch(s) per victim for {victims} victims")
+        cfg = dataclasses.replace(cfg, epochs=epochs)
     milestones = lr_milestones(cfg.epochs, cfg.milestones)
     # The chance level a victim must beat: the majority class for accuracy, 0.5 for AUC.
     majority = majority_baseline(clean_train.labels, test_labels, nc) if cfg.metric == "acc" else [0.5] * len(nc)
@@ -203,6 +208,28 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
               "device": str(device), "test": "separate folder" if test is not None else f"seeded split {cfg.test_split}"}
     return VerifyReport(rows, defenses, len(prot_set), len(test_set), _quality(protected), recipe, cfg.threshold,
                         effective=not failing_none, failing=failing, seconds=time.perf_counter() - started)
+
+
+def _epochs_for_budget(cfg: VerifyConfig, nc: list[int], crop: int, device: Any, n: int, victims: int) -> int:
+    """Time three real training steps (after one warm-up) and fit the victims' epochs into the budget."""
+    import torch
+
+    from mtlue_cli.classifiers import MTLClassifier
+    from mtlue_cli.engine import ClassifierTrainer
+
+    trainer = ClassifierTrainer(MTLClassifier(nc, arch=cfg.victim, stem=cfg.victim_stem, image_size=crop), nc,
+                                device=device, amp=cfg.amp)
+    x = torch.rand(min(cfg.batch_size, n), 3, crop, crop, device=device)
+    y = torch.stack([torch.randint(0, c, (len(x),)) for c in nc], 1).to(device)
+    trainer.step(x, y)
+    start = time.perf_counter()
+    for _ in range(3):
+        trainer.step(x, y)
+    per_step = (time.perf_counter() - start) / 3
+    steps_per_epoch = max(1, n // cfg.batch_size)
+    # + test evaluation each epoch, roughly a quarter of a training pass
+    per_epoch = per_step * steps_per_epoch * 1.25
+    return max(1, min(cfg.epochs, int(cfg.time_budget / (victims * per_epoch))))
 
 
 def _cache_dir() -> Path:

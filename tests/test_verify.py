@@ -122,3 +122,10 @@ def test_clean_baseline_is_cached_by_data_and_recipe(sets):
     logs.clear()
     verify(data(clean), prot, dataclasses.replace(cfg, epochs=2), on_event=lambda k, i: logs.append(i.get("message", "")))
     assert not any("cached" in m for m in logs)  # another recipe, another baseline
+
+
+def test_time_budget_picks_the_epochs(sets):
+    clean, names, tmp = sets
+    prot = write_set(tmp / "prot", shortcut=True, only=names)
+    tiny = verify(data(clean), prot, dataclasses.replace(CFG, epochs=50, time_budget=0.01))
+    assert tiny.recipe["epochs"] == 1
