@@ -116,6 +116,7 @@ def test_save_pretrained_round_trip_is_bit_exact(tmp_path) -> None:
     assert list(config["tasks"]) == ["age", "race", "gender"]
     assert config["tasks"] == TASKS
     assert config == {
+        "bound": "clamp",
         "tasks": TASKS,
         "image_size": 16,
         "in_channels": 3,

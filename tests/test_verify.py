@@ -14,7 +14,7 @@ from mtlue_cli.data import read_labels, split_indices
 from mtlue_cli.errors import ConfigError
 from mtlue_cli.verify import verify
 
-N, SIZE = 72, 16
+N, SIZE = 96, 16
 
 
 def draw(bright: int, band: int, rng: np.random.Generator) -> np.ndarray:
@@ -51,7 +51,7 @@ def sets(tmp_path):
     return clean, names, tmp_path
 
 
-CFG = VerifyConfig(epochs=8, batch_size=16, seed=0, device="cpu", test_split=0.25)
+CFG = VerifyConfig(epochs=15, batch_size=16, seed=0, device="cpu", test_split=0.25)
 
 
 def data(root: Path) -> DataConfig:
@@ -101,7 +101,7 @@ def test_cli_exit_codes_and_json(sets):
     copies = write_set(tmp / "copies", only=names)
     runner = CliRunner()
     base = ["verify", "--clean", str(clean), "--labels", str(clean / "labels.csv"), "--test-split", "0.25",
-            "--epochs", "8", "--batch-size", "16", "--res", str(SIZE), "--device", "cpu", "-q"]
+            "--epochs", "15", "--batch-size", "16", "--res", str(SIZE), "--device", "cpu", "-q"]
     ok = runner.invoke(app, [*base, "--protected", str(prot), "--json", str(tmp / "r.json")])
     assert ok.exit_code == 0, ok.output
     assert json.loads((tmp / "r.json").read_text())["effective"] is True
