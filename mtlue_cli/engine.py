@@ -311,6 +311,8 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_c
     """Per-task top-1 accuracy (or ROC-AUC, macro one-vs-rest for multi-class) on centre crops (§6.3, §6.4)."""
     from mtlue_cli.metrics import roc_auc
 
+    if metric not in ("acc", "auc"):
+        raise ConfigError(f"--metric must be acc or auc, not {metric!r}")
     model.eval()
     correct = torch.zeros(len(num_classes))
     scores: list[list[torch.Tensor]] = [[] for _ in num_classes]
@@ -318,14 +320,13 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_c
         x = center_crop(to_float(images[idx], device), crop)
         with autocast(device, amp):
             logits = [t.float() for t in model(x)]
-        pred = predict(logits, num_classes).cpu()
-        correct += (pred == labels[idx]).sum(0).float()
-        for k, t in enumerate(logits):
-            scores[k].append(t.cpu())
+        if metric == "acc":
+            correct += (predict(logits, num_classes).cpu() == labels[idx]).sum(0).float()
+        else:  # AUC needs every score; accuracy needs none of them kept
+            for k, t in enumerate(logits):
+                scores[k].append(t.cpu())
     if metric == "acc":
         return (correct / max(len(images), 1)).tolist()
-    if metric != "auc":
-        raise ConfigError(f"--metric must be acc or auc, not {metric!r}")
     out = []
     for k, c in enumerate(num_classes):
         s = torch.cat(scores[k])

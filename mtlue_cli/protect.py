@@ -294,8 +294,14 @@ def protect_dataset(loaded: LoadedGenerator, data: DataConfig, out: Path, cfg: P
         else:
             todo.append(record)
 
+    if cfg.resume and manifest_path.is_file() and manifest_path.stat().st_size:
+        with manifest_path.open("rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            cut = fh.read(1) != b"\n"
+    else:
+        cut = False
     manifest = manifest_path.open("a" if cfg.resume else "w", encoding="utf-8")
-    if cfg.resume and manifest_path.stat().st_size and not manifest_path.read_bytes().endswith(b"\n"):
+    if cut:
         manifest.write("\n")  # a line cut by a crash must not swallow the next entry
     failures: list[FileResult] = []
 

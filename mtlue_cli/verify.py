@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mtlue_cli.config import DataConfig, VerifyConfig
+from mtlue_cli.config import DataConfig, VerifyConfig, default_crop
 from mtlue_cli.config import milestones as lr_milestones
 from mtlue_cli.data import MultiTaskImageDataset, load_dataset, majority_baseline, read_labels, split_indices
 from mtlue_cli.errors import ConfigError, DatasetError
@@ -149,7 +149,7 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
     test_labels = test_set.labels
     nc = spec.num_classes
     device = resolve_device(cfg.device)
-    crop = cfg.crop or max(8, round(res * 128 / 140))
+    crop = cfg.crop or default_crop(res)
     if cfg.time_budget is not None:
         victims = 1 + len(defenses) + (2 * len(nc) if cfg.stl else 0)
         epochs = _epochs_for_budget(cfg, nc, crop, device, len(prot_set), victims)
@@ -238,7 +238,10 @@ def _cache_dir() -> Path:
 
 def _cache_key(train: MultiTaskImageDataset, test: MultiTaskImageDataset, cfg: VerifyConfig, res: int, crop: int) -> str:
     """The clean baseline depends only on the clean pixels, the labels and the recipe."""
-    recipe = {k: v for k, v in asdict(cfg).items() if k not in ("defenses", "adv_train", "stl", "threshold", "device", "cache")}
+    # adv_train stays in: the clean victim is trained adversarially too. time_budget is out: the epochs
+    # it chose are in the recipe already.
+    recipe = {k: v for k, v in asdict(cfg).items()
+              if k not in ("defenses", "stl", "threshold", "device", "cache", "time_budget")}
     h = hashlib.sha256(json.dumps([recipe, res, crop], sort_keys=True, default=str).encode())
     h.update(train.fingerprint().encode())
     h.update(test.fingerprint().encode())

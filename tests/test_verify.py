@@ -129,3 +129,14 @@ def test_time_budget_picks_the_epochs(sets):
     prot = write_set(tmp / "prot", shortcut=True, only=names)
     tiny = verify(data(clean), prot, dataclasses.replace(CFG, epochs=50, time_budget=0.01))
     assert tiny.recipe["epochs"] == 1
+
+
+def test_cache_key_separates_adversarial_clean_victims(sets):
+    from mtlue_cli.data import load_dataset
+    from mtlue_cli.verify import _cache_key
+
+    clean, _, _ = sets
+    ds = load_dataset(data(clean))
+    plain = _cache_key(ds, ds, CFG, SIZE, 15)
+    assert _cache_key(ds, ds, dataclasses.replace(CFG, adv_train=True), SIZE, 15) != plain  # trains differently
+    assert _cache_key(ds, ds, dataclasses.replace(CFG, time_budget=60.0), SIZE, 15) == plain  # epochs carry it
