@@ -25,11 +25,12 @@ POSITIONS = ("top", "bottom")  # vertical: victims flip horizontally (method-spe
 DEMO_ALIAS = "demo-shapes"
 
 
-def make_shapes(out: Path, n: int = 800, size: int = 32, seed: int = 0) -> Path:
+def make_shapes(out: Path, n: int = 800, size: int = 32, seed: int = 0, contrast: tuple[int, int] = (30, 45)) -> Path:
     """Write `n` PNGs and labels.csv (path, shape, size, position) under `out`; returns `out`.
 
     Colours are random, so no task can be read off a colour: like faces, every task needs a look at
-    the form of the figure, which is what an 8/255 shortcut has to beat."""
+    the form of the figure, which is what an 8/255 shortcut has to beat. The figure is large enough at
+    32 px that a clean-trained victim learns every task well above the majority class."""
     rng = random.Random(seed)
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
@@ -39,22 +40,25 @@ def make_shapes(out: Path, n: int = 800, size: int = 32, seed: int = 0) -> Path:
         base = tuple(rng.randint(40, 215) for _ in range(3))
         img = Image.new("RGB", (size, size), base)
         draw = ImageDraw.Draw(img)
-        for _ in range(8):  # clutter, so the tasks are not one-pixel easy
-            x, y, r = rng.randint(0, size), rng.randint(0, size), rng.randint(1, size // 8)
-            tone = tuple(min(255, max(0, c + rng.randint(-60, 60))) for c in base)
+        for _ in range(4):  # clutter, so the tasks are not one-pixel easy
+            x, y, r = rng.randint(0, size), rng.randint(0, size), rng.randint(1, size // 12)
+            tone = tuple(min(255, max(0, c + rng.randint(-25, 25))) for c in base)
             draw.ellipse((x - r, y - r, x + r, y + r), fill=tone)
-        img = img.filter(ImageFilter.GaussianBlur(0.8))
+        img = img.filter(ImageFilter.GaussianBlur(0.6))
         draw = ImageDraw.Draw(img)
-        r = size * (rng.uniform(0.09, 0.13) if scale == "small" else rng.uniform(0.17, 0.22))
-        cy = rng.uniform(r + 1, size / 2 - r * 0.5) if position == "top" else rng.uniform(size / 2 + r * 0.5, size - r - 1)
-        cx = rng.uniform(r + 1, size - r - 1)
-        fill = tuple(min(255, max(0, c + rng.choice((-1, 1)) * rng.randint(70, 120))) for c in base)
+        r = size * (rng.uniform(0.16, 0.2) if scale == "small" else rng.uniform(0.27, 0.32))
+        half = size / 2
+        cy = rng.uniform(r, half - 0.25 * r) if position == "top" else rng.uniform(half + 0.25 * r, size - r)
+        cx = rng.uniform(r, size - r)
+        # Low contrast, like the cues in faces: strong enough to learn, weak enough for an 8/255 shortcut
+        # to compete with (a 100-level figure is a cue no imperceptible perturbation displaces).
+        fill = tuple(min(255, max(0, c + rng.choice((-1, 1)) * rng.randint(*contrast))) for c in base)
         if shape == "circle":
             draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
         elif shape == "square":
-            draw.rectangle((cx - r * 0.9, cy - r * 0.9, cx + r * 0.9, cy + r * 0.9), fill=fill)
-        else:
-            a = rng.uniform(0, 2 * math.pi)
+            draw.rectangle((cx - r * 0.85, cy - r * 0.85, cx + r * 0.85, cy + r * 0.85), fill=fill)
+        else:  # pointing up or down, so a triangle never looks like a square's corner
+            a = -math.pi / 2 if rng.random() < 0.5 else math.pi / 2
             draw.polygon([(cx + r * math.cos(a + k * 2 * math.pi / 3), cy + r * math.sin(a + k * 2 * math.pi / 3))
                           for k in range(3)], fill=fill)
         name = f"{i:04d}.png"

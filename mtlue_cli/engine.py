@@ -123,6 +123,18 @@ class Dist:
             td.all_reduce(tensor)
         return tensor
 
+    def from_main(self, value: int) -> int:
+        """Rank 0's value of an integer, on every rank (a decision taken by one clock)."""
+        if not self.enabled:
+            return value
+        import torch.distributed as td
+
+        tensor = torch.tensor([value if self.is_main else 0], dtype=torch.long)
+        if td.get_backend() == "nccl":
+            tensor = tensor.cuda()
+        td.all_reduce(tensor)
+        return int(tensor.item())
+
     def barrier(self) -> None:
         if self.enabled:
             import torch.distributed as td

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -26,6 +27,7 @@ from mtlue_cli.errors import ConfigError, Interrupted
 from mtlue_cli.events import OnEvent, log, noop
 from mtlue_cli.generator import PerturbationGenerator
 from mtlue_cli.losses import em_loss, embedding_regulariser, sep_loss, shifted_targets, tap_loss
+from mtlue_cli.robust import check_squeezes, random_squeeze
 
 Objective = Callable[[list[list[torch.Tensor]], torch.Tensor, list[int], str], torch.Tensor]
 
@@ -73,6 +75,7 @@ class FitResult:
     attacked_train_acc: list[float]  # surrogate accuracy on x+δ against the TRUE labels (collapse shows here)
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    stop_reason: str = "epoch cap"
 
 
 def _binary_mode(cfg: FitConfig, binary: tuple[bool, ...]) -> str:
@@ -98,6 +101,9 @@ def _validate(cfg: FitConfig, dataset: MultiTaskImageDataset) -> None:
         raise ConfigError(f"--unprotected names unknown task(s) {unknown}; tasks are {list(dataset.spec.names)}")
     if len(cfg.unprotected) == len(dataset.spec.names):
         raise ConfigError("--unprotected lists every task: nothing would be protected")
+    check_squeezes(tuple(cfg.robust))
+    if cfg.time_budget is not None and cfg.time_budget <= 0:
+        raise ConfigError("--time-budget must be positive (e.g. 15m)")
 
 
 def _freeze(model: nn.Module) -> nn.Module:
@@ -179,7 +185,7 @@ def fit_generator(dataset: MultiTaskImageDataset, cfg: FitConfig, out: Path, on_
     # --- generator, optimiser, schedule (§4.1, §4.4)
     generator = PerturbationGenerator(
         tasks=spec.to_dict(), image_size=dataset.size, epsilon=cfg.epsilon, stem=cfg.stem,
-        unprotected=list(cfg.unprotected) or None, conditioning=cfg.conditioning, bound=cfg.bound,
+        unprotected=list(cfg.unprotected) or None, conditioning=cfg.conditioning, bound=cfg.bound, width=cfg.width,
     ).to(device)
     n_ckpt = len(surrogates)
     if cfg.method == "sep" and cfg.sep_paper_weighting:
@@ -230,13 +236,15 @@ def fit_generator(dataset: MultiTaskImageDataset, cfg: FitConfig, out: Path, on_
         return (x + module(x, y)).clamp(0, 1)
 
     em_batches = _cycle(lambda: batch_indices(n, cfg.batch_size, True, gen, dist=dist))
-    final_error, epoch, stopped = 1.0, start_epoch, False
+    final_error, epoch, stopped, stop_reason = 1.0, start_epoch, False, "epoch cap"
     steps = max(1, -(-len(dist.shard(torch.arange(n))) // cfg.batch_size))
     on_event("start", {"stage": "generator", "total": (max_epochs - start_epoch) * steps,
                        "description": f"Generator ({cfg.method.upper()})"})
     done = 0
+    clean_mean = sum(clean_acc) / len(clean_acc) if clean_acc else None
     try:
-        for epoch in range(start_epoch, max_epochs):
+        while epoch < max_epochs:
+            epoch_started = time.perf_counter()
             g_module.train()
             loss_sum, seen = 0.0, 0
             for idx in batch_indices(n, cfg.batch_size, True, gen, dist=dist):
@@ -246,7 +254,9 @@ def fit_generator(dataset: MultiTaskImageDataset, cfg: FitConfig, out: Path, on_
                     if cfg.method == "sep" and cfg.sep_recompute:
                         loss = _sep_recompute(g_module, generator, surrogates, x, y, nc, cfg, perturbed)
                     else:
-                        xp = perturbed(x, y, g_module)
+                        # EOT over the attacker's squeezes (robust.py; a deviation from §4.1, off in paper-*)
+                        _, squeeze = random_squeeze(tuple(cfg.robust), gen)
+                        xp = squeeze(perturbed(x, y, g_module))
                         if method.augment:
                             xp = augment(xp, crop, gen)
                         logits = [[t.float() for t in s(xp)] for s in surrogates]
@@ -271,26 +281,51 @@ def fit_generator(dataset: MultiTaskImageDataset, cfg: FitConfig, out: Path, on_
             check = surrogates[-1]
             final_error, true_acc = _stop_check(generator, check, images, labels, nc, method, crop, gen, device,
                                                 cfg, dist, em_train_mode=em_trainer is not None and cfg.em_stop_mode == "train")
+            acc_attacked = sum(true_acc) / len(true_acc)
             history.append({"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "stop_error": final_error,
-                            "true_acc": sum(true_acc) / len(true_acc), "lr": optimizer.param_groups[0]["lr"]})
+                            "true_acc": acc_attacked, "true_acc_tasks": true_acc, "lr": optimizer.param_groups[0]["lr"],
+                            "seconds": time.perf_counter() - started})
+            if cfg.time_budget is not None and epoch == start_epoch:
+                # Rank 0's clock decides for every rank, so DDP processes never disagree on the schedule.
+                planned = dist.from_main(_plan_epochs(epoch + 1, max_epochs, time.perf_counter() - epoch_started,
+                                                      cfg.time_budget - (time.perf_counter() - started)))
+                stop_reason = f"the time budget's plan of {planned} epochs"
+                if planned != max_epochs:
+                    max_epochs = planned
+                    scheduler.milestones = Counter(milestones(max_epochs * sched_steps, None))
+                    on_event("progress", {"stage": "generator", "done": done, "total": (max_epochs - start_epoch) * steps})
+                log(on_event, f"--time-budget {cfg.time_budget:.0f} s: {max_epochs} generator epochs "
+                    f"({time.perf_counter() - epoch_started:.0f} s each; LR drops after epochs "
+                    f"{', '.join(str(m // sched_steps) for m in sorted(scheduler.milestones))})")
+            on_event("epoch", {"stage": "generator", "epoch": epoch + 1, "of": max_epochs, "loss": loss_sum / max(seen, 1),
+                               "clean_acc": clean_mean, "attacked_acc": acc_attacked, "stop_error": final_error,
+                               "seconds": time.perf_counter() - started})
             on_event("progress", {"stage": "generator", "done": done, "epoch": epoch + 1,
-                                  "loss": loss_sum / max(seen, 1), "stop_err": final_error,
-                                  "acc_on_x+δ": sum(true_acc) / len(true_acc)})
-            if (epoch + 1) % cfg.checkpoint_every == 0:
-                save_state(epoch + 1)
+                                  "loss": loss_sum / max(seen, 1), "acc on x+δ": acc_attacked})
+            epoch += 1
+            if epoch % cfg.checkpoint_every == 0:
+                save_state(epoch)
             if final_error <= stop_error:
-                stopped = True
+                stopped, stop_reason = True, f"stop error {final_error:.4g} <= {stop_error:g}"
+                break
+            if cfg.stop_acc is not None and acc_attacked <= cfg.stop_acc:
+                stopped, stop_reason = True, f"surrogate accuracy on x+δ collapsed to {acc_attacked:.1%}"
+                break
+            # The plan was made after the first epoch; a machine that slows down later still ends on time.
+            if cfg.time_budget is not None and epoch < max_epochs and dist.from_main(int(
+                    time.perf_counter() - started + (time.perf_counter() - epoch_started) > cfg.time_budget)):
+                stop_reason = f"time budget ({epoch} of {max_epochs} planned epochs)"
                 break
     except KeyboardInterrupt:
         save_state(epoch)
         raise Interrupted(f"stopped during epoch {epoch + 1}; `mtlue fit ... --out {out} --resume` continues "
                           f"from epoch {epoch}") from None
     on_event("end", {"stage": "generator"})
-    epochs_run = epoch + 1 if history else start_epoch
+    epochs_run = epoch
     save_state(epochs_run)
     _, attacked = _stop_check(generator, surrogates[-1], images, labels, nc, METHODS["em"], crop, gen, device, cfg, dist)
     result = FitResult(out, cfg.method, epochs_run, stop_error, final_error, stopped, clean_acc, attacked,
-                       time.perf_counter() - started, history)
+                       time.perf_counter() - started, history, stop_reason)
     if dist.is_main:
         record = {
             "tool": "mtlue", "version": __version__, "torch": torch.__version__, "python": platform.python_version(),
@@ -303,6 +338,12 @@ def fit_generator(dataset: MultiTaskImageDataset, cfg: FitConfig, out: Path, on_
         save_generator(generator, out, method=cfg.method, record=record)
     dist.barrier()
     return result
+
+
+def _plan_epochs(done: int, cap: int, per_epoch: float, left: float) -> int:
+    """Generator epochs that fit the time left after `done` of them (each `per_epoch` s), at most `cap`.
+    One epoch's worth is kept back for the final check and the save."""
+    return max(done, min(cap, done + int((left - per_epoch) // max(per_epoch, 1e-9))))
 
 
 def _cycle(make: Callable[[], Any]) -> Any:

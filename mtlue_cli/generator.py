@@ -17,33 +17,34 @@ from torchvision.models.resnet import BasicBlock
 STEMS = ("cifar", "imagenet")
 CONDITIONINGS = ("full", "classwise", "z_only")
 BOUNDS = ("clamp", "tanh")
-_ENCODER_CHANNELS = 128  # width of ResNet-18 layer2, i.e. of z (§2.1)
+WIDTHS = (16, 32, 64)  # 64 = the paper's ResNet-18 stem width (§2.1); z has 2x that many channels
 
 
-def _encoder(in_channels: int, stem: str) -> nn.Sequential:
+def _encoder(in_channels: int, stem: str, width: int = 64) -> nn.Sequential:
     # ResNet-18 up to layer2 = "stem_end_block = 9" convs (§2.1); layer3/4 are never used upstream.
+    # width 64 is the paper's; a narrower encoder (our CPU default) keeps the layout at width/64 the cost.
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     if stem == "cifar":
-        layers["conv1"] = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        layers["conv1"] = nn.Conv2d(in_channels, width, kernel_size=3, stride=1, padding=1, bias=False)
     else:
-        layers["conv1"] = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    layers["bn1"] = nn.BatchNorm2d(64)
+        layers["conv1"] = nn.Conv2d(in_channels, width, kernel_size=7, stride=2, padding=3, bias=False)
+    layers["bn1"] = nn.BatchNorm2d(width)
     layers["relu"] = nn.ReLU(inplace=True)
     if stem == "imagenet":
         layers["maxpool"] = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-    layers["layer1"] = nn.Sequential(BasicBlock(64, 64), BasicBlock(64, 64))
+    layers["layer1"] = nn.Sequential(BasicBlock(width, width), BasicBlock(width, width))
     downsample = nn.Sequential(
-        nn.Conv2d(64, _ENCODER_CHANNELS, kernel_size=1, stride=2, bias=False),
-        nn.BatchNorm2d(_ENCODER_CHANNELS),
+        nn.Conv2d(width, 2 * width, kernel_size=1, stride=2, bias=False),
+        nn.BatchNorm2d(2 * width),
     )
     layers["layer2"] = nn.Sequential(
-        BasicBlock(64, _ENCODER_CHANNELS, stride=2, downsample=downsample),
-        BasicBlock(_ENCODER_CHANNELS, _ENCODER_CHANNELS),
+        BasicBlock(width, 2 * width, stride=2, downsample=downsample),
+        BasicBlock(2 * width, 2 * width),
     )
     return nn.Sequential(layers)
 
 
-def _decoder(in_channels: int, out_channels: int, stem: str) -> nn.Sequential:
+def _decoder(in_channels: int, out_channels: int, stem: str, width: int = 64) -> nn.Sequential:
     # §2.3: no activation after the first ConvT and none on the output (the official sigmoid is
     # commented out); InstanceNorm without affine or running stats.
     # The ImageNet stem shrinks 8x, so layers 3 and 4 upsample too; the CIFAR stem only 2x.
@@ -53,15 +54,16 @@ def _decoder(in_channels: int, out_channels: int, stem: str) -> nn.Sequential:
         up_last = dict(kernel_size=3, stride=1, padding=1)
     # Layers 2 and 3 keep their bias although the InstanceNorm right after cancels it (its gradient
     # is zero): "all ConvT layers have a bias" upstream, and the parameter layout stays the same.
+    half = width // 2
     return nn.Sequential(
-        nn.ConvTranspose2d(in_channels, 64, kernel_size=4, stride=2, padding=1),
-        nn.ConvTranspose2d(64, 64, kernel_size=3, stride=1, padding=1),
-        nn.InstanceNorm2d(64, affine=False),
+        nn.ConvTranspose2d(in_channels, width, kernel_size=4, stride=2, padding=1),
+        nn.ConvTranspose2d(width, width, kernel_size=3, stride=1, padding=1),
+        nn.InstanceNorm2d(width, affine=False),
         nn.ReLU(inplace=True),
-        nn.ConvTranspose2d(64, 32, **up_last),
-        nn.InstanceNorm2d(32, affine=False),
+        nn.ConvTranspose2d(width, half, **up_last),
+        nn.InstanceNorm2d(half, affine=False),
         nn.ReLU(inplace=True),
-        nn.ConvTranspose2d(32, out_channels, **up_last),
+        nn.ConvTranspose2d(half, out_channels, **up_last),
     )
 
 
@@ -85,6 +87,9 @@ class PerturbationGenerator(
         embed_channels: channels d_e of each task's class embedding (16 in the paper).
         unprotected: tasks left learnable: their embedding is the mean over classes (§2.4).
         conditioning: "full" (embeddings and z), "classwise" (embeddings only) or "z_only" (§2.2).
+        bound: "clamp" (the paper's hard ±ε, §2.3) or "tanh" (ε·tanh, gradient on every pixel).
+        width: channels of the encoder's first stage (64 = the paper's; z has 2*width channels and the
+            decoder width and width/2). 32 costs about a quarter of the paper's MACs (method-spec §14.3).
     """
 
     def __init__(
@@ -98,6 +103,7 @@ class PerturbationGenerator(
         unprotected: list[str] | None = None,
         conditioning: str = "full",
         bound: str = "clamp",
+        width: int = 64,
     ) -> None:
         super().__init__()
         tasks = _check_tasks(tasks)
@@ -109,6 +115,8 @@ class PerturbationGenerator(
             raise ValueError(f"unknown conditioning {conditioning!r}: use one of {', '.join(CONDITIONINGS)}")
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 (grey) or 3 (RGB), got {in_channels}")
+        if width not in WIDTHS:
+            raise ValueError(f"width must be one of {', '.join(map(str, WIDTHS))}, got {width}")
         if not 0 < epsilon < 1:
             raise ValueError(f"epsilon must lie in (0, 1) (pixel units, e.g. 8/255), got {epsilon}")
         if embed_channels < 1:
@@ -133,6 +141,7 @@ class PerturbationGenerator(
         self.unprotected = unprotected
         self.conditioning = conditioning
         self.bound = bound
+        self.width = width
         # The mixin captured the caller's objects in __new__; keep a normalised copy instead, so
         # config.json always matches what was built.
         self._hub_mixin_config = {
@@ -145,12 +154,13 @@ class PerturbationGenerator(
             "stem": stem,
             "tasks": {name: list(classes) for name, classes in tasks.items()},
             "unprotected": list(unprotected),
+            "width": width,
         }
 
         size = self.latent_size
         # Parts that the chosen conditioning never reads are not built, so every parameter that
         # exists gets a gradient (style rule 10).
-        self.encoder = _encoder(in_channels, stem) if conditioning != "classwise" else None
+        self.encoder = _encoder(in_channels, stem, width) if conditioning != "classwise" else None
         self.embeddings = nn.ModuleList(
             []
             if conditioning == "z_only"
@@ -158,11 +168,11 @@ class PerturbationGenerator(
             else [nn.Embedding(len(classes), embed_channels * size * size) for classes in tasks.values()]
         )
         decoder_in = {
-            "full": embed_channels * len(tasks) + _ENCODER_CHANNELS,
+            "full": embed_channels * len(tasks) + 2 * width,
             "classwise": embed_channels * len(tasks),
-            "z_only": _ENCODER_CHANNELS,
+            "z_only": 2 * width,
         }[conditioning]
-        self.decoder = _decoder(decoder_in, in_channels, stem)
+        self.decoder = _decoder(decoder_in, in_channels, stem, width)
 
     @property
     def task_names(self) -> list[str]:
@@ -211,8 +221,8 @@ class PerturbationGenerator(
             parts.append(row.view(batch, self.embed_channels, size, size))
         if self.encoder is not None:
             # Embeddings first, then z (§2.2): the order fixes the decoder's first-layer weights.
-            parts.append(self.encoder(x))  # (B, 128, S, S)
-        h = torch.cat(parts, dim=1)  # (B, 16*K + 128, S, S) for "full"
+            parts.append(self.encoder(x))  # (B, 2*width, S, S)
+        h = torch.cat(parts, dim=1)  # (B, 16*K + 2*width, S, S) for "full"
         out = self.decoder(h)  # (B, C, H, W)
         # Clamp at epsilon itself, not upstream's 0.0314 > 8/255 (§2.3, §13.3). Hard clamp as
         # upstream: saturated pixels pass no gradient.

@@ -85,7 +85,7 @@ def save_generator(generator: Any, out: Path, method: str | None = None, record:
 
 def validate_config(config: Any, where: str) -> dict[str, Any]:
     """Types, ranges and size caps of an untrusted config.json."""
-    from mtlue_cli.generator import BOUNDS, CONDITIONINGS, STEMS
+    from mtlue_cli.generator import BOUNDS, CONDITIONINGS, STEMS, WIDTHS
 
     def bad(msg: str) -> WeightsError:
         return WeightsError(f"{where}: invalid generator config: {msg}")
@@ -93,7 +93,7 @@ def validate_config(config: Any, where: str) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise bad("not a JSON object")
     allowed = {"tasks", "image_size", "in_channels", "epsilon", "stem", "embed_channels", "unprotected", "conditioning",
-               "bound"}
+               "bound", "width"}
     extra = set(config) - allowed
     if extra:
         raise bad(f"unknown keys {sorted(extra)}")
@@ -117,6 +117,8 @@ def validate_config(config: Any, where: str) -> dict[str, Any]:
         raise bad("'epsilon' must be a number in (0, 64/255]")
     if config.get("bound", "clamp") not in BOUNDS:
         raise bad(f"'bound' must be one of {BOUNDS}")
+    if config.get("width", 64) not in WIDTHS:
+        raise bad(f"'width' must be one of {WIDTHS}")
     if config.get("stem", "cifar") not in STEMS or config.get("conditioning", "full") not in CONDITIONINGS:
         raise bad(f"'stem' must be one of {STEMS} and 'conditioning' one of {CONDITIONINGS}")
     unprotected = config.get("unprotected") or []

@@ -414,6 +414,9 @@ def _write_labels(table: LabelTable, out: Path, names: dict[str, str], ok: list[
     os.replace(tmp, out / LABELS)
 
 
+PREVIEW_TILE = 128
+
+
 def _write_preview(items: list[tuple[Decoded, np.ndarray, Any]], out: Path, size: int, epsilon: float) -> Path:
     """Grid: original | protected | δ amplified to the full range, one row per image. Written beside
     `out` (OUT.preview.png) so that the protected folder holds only images and their records."""
@@ -425,6 +428,11 @@ def _write_preview(items: list[tuple[Decoded, np.ndarray, Any]], out: Path, size
         x = torch.from_numpy(working.copy()).permute(2, 0, 1).float() / 255
         d = delta.expand(3, -1, -1) if delta.shape[0] == 1 else delta
         tiles += [x, (x + d).clamp(0, 1), (d / (2 * epsilon) + 0.5).clamp(0, 1)]
+    grid = torch.stack(tiles)  # (3N, 3, size, size)
+    # Tiles of at least PREVIEW_TILE px, pixel-exact (nearest), so a person can judge them.
+    scale = max(1, -(-PREVIEW_TILE // size))
+    if scale > 1:
+        grid = torch.nn.functional.interpolate(grid, scale_factor=scale, mode="nearest")
     path = out.with_name(out.name + ".preview.png")
-    save_image(torch.stack(tiles), path, nrow=3, padding=2)
+    save_image(grid, path, nrow=3, padding=4, pad_value=1.0)
     return path

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mtlue_cli.config import DataConfig, VerifyConfig, default_crop
+from mtlue_cli.config import DataConfig, VerifyConfig, default_crop, victim_res
 from mtlue_cli.config import milestones as lr_milestones
 from mtlue_cli.data import MultiTaskImageDataset, load_dataset, majority_baseline, read_labels, split_indices
 from mtlue_cli.errors import ConfigError, DatasetError
@@ -49,9 +49,10 @@ class VerifyReport:
     quality: dict[str, float]
     recipe: dict[str, Any]
     threshold: float
-    effective: bool
+    effective: bool  # every task within the threshold with no defence AND under each defence
     failing: list[str]  # tasks above the threshold (any defence)
     seconds: float
+    broken_by: dict[str, list[str]] = field(default_factory=dict)  # defence -> tasks above the threshold with it
 
     def mean(self, attr: str) -> float:
         values = [getattr(t, attr) for t in self.tasks if getattr(t, attr) is not None]
@@ -101,12 +102,12 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
     protected = Path(protected)
     if not (protected / LABELS).is_file():
         raise ConfigError(f"{protected}: no {LABELS}; --protected is a folder written by `mtlue protect`")
-    res = cfg.res or clean.size
+    clean_table = read_labels(clean)
+    res = cfg.res or victim_res(working_size(protected), _image_side(clean_table))
     clean = dataclasses.replace(clean, size=res)
     prot_cfg = DataConfig(root=protected, labels=protected / LABELS, layout="csv", size=res,
                           skip_bad=clean.skip_bad, workers=clean.workers)
     sources = _source_map(protected)
-    clean_table = read_labels(clean)
     prot_table = read_labels(prot_cfg)
     protected_sources = {sources.get(r.path, r.path) for r in prot_table.records}
 
@@ -150,11 +151,20 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
     nc = spec.num_classes
     device = resolve_device(cfg.device)
     crop = cfg.crop or default_crop(res)
+    cache_file = _cache_dir() / f"{_cache_key(clean_train, test_set, cfg, res, crop)}.json" if cfg.cache else None
+    cached = cache_file is not None and cache_file.is_file()
+    victims = (0 if cached else 1) + len(defenses) + (2 * len(nc) if cfg.stl else 0)
+    per_epoch = _seconds_per_epoch(cfg, nc, crop, device, len(prot_set))
     if cfg.time_budget is not None:
-        victims = 1 + len(defenses) + (2 * len(nc) if cfg.stl else 0)
-        epochs = _epochs_for_budget(cfg, nc, crop, device, len(prot_set), victims)
-        log(on_event, f"--time-budget {cfg.time_budget:.0f} s: {epochs} epoch(s) per victim for {victims} victims")
+        epochs = max(1, min(cfg.epochs, int(cfg.time_budget / (victims * per_epoch))))
+        if epochs < cfg.epochs:
+            log(on_event, f"time budget {cfg.time_budget / 60:.0f} min: {epochs} epochs per victim instead of {cfg.epochs} "
+                "(--time-budget none trains the full recipe)")
         cfg = dataclasses.replace(cfg, epochs=epochs)
+        # The cache key holds the epochs: look again with the planned ones.
+        cache_file = _cache_dir() / f"{_cache_key(clean_train, test_set, cfg, res, crop)}.json" if cfg.cache else None
+    log(on_event, f"expected time: about {max(1, round(victims * per_epoch * cfg.epochs / 60))} min for {victims} victim(s) "
+        f"({', '.join(([] if cached else ['clean']) + defenses)})")
     milestones = lr_milestones(cfg.epochs, cfg.milestones)
     # The chance level a victim must beat: the majority class for accuracy, 0.5 for AUC.
     majority = majority_baseline(clean_train.labels, test_labels, nc) if cfg.metric == "acc" else [0.5] * len(nc)
@@ -176,7 +186,6 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
         train_acc = evaluate(trainer.model, images, labels, nc, crop, device, metric=cfg.metric)
         return final, best, train_acc
 
-    cache_file = _cache_dir() / f"{_cache_key(clean_train, test_set, cfg, res, crop)}.json" if cfg.cache else None
     if cache_file is not None and cache_file.is_file():
         clean_acc, clean_best = json.loads(cache_file.read_text())["clean"]
         log(on_event, f"clean victim: cached result reused ({cache_file})")
@@ -184,7 +193,9 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
         clean_acc, clean_best, _ = run(clean_train.images, clean_train.labels, "clean victim")
         if cache_file is not None:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
-            cache_file.write_text(json.dumps({"clean": [clean_acc, clean_best]}))
+            tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"clean": [clean_acc, clean_best]}))
+            os.replace(tmp, cache_file)  # atomic: parallel runs may share the cache
     rows = [TaskRow(spec.names[k], majority[k], clean_acc[k], clean_best[k], 0.0, 0.0, 0.0) for k in range(len(nc))]
     for defense in defenses:
         transform = transforms[defense]
@@ -199,19 +210,52 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
             weights = torch.nn.functional.one_hot(torch.tensor(k), len(nc)).float()
             row.stl_clean_acc = run(clean_train.images, clean_train.labels, f"STL clean {row.task}", weights)[0][k]
             row.stl_protected_acc = run(prot_set.images, prot_labels, f"STL protected {row.task}", weights)[0][k]
-    limit = [row.majority + cfg.threshold / 100 for row in rows]
-    failing = sorted({row.task for k, row in enumerate(rows) for acc in row.by_defense.values() if acc > limit[k]})
-    failing_none = [row.task for k, row in enumerate(rows) if row.protected_acc > limit[k]]
+    broken_by = judge(rows, cfg.threshold)
+    failing = sorted({task for tasks in broken_by.values() for task in tasks})
     recipe = {"victim": cfg.victim, "stem": cfg.victim_stem, "epochs": cfg.epochs, "milestones": list(milestones),
               "res": res, "crop": crop, "batch_size": cfg.batch_size, "lr": cfg.lr, "weighting": cfg.weighting,
               "adv_train": cfg.adv_train, "seed": cfg.seed, "metric": cfg.metric, "augment": "per-sample random crop + flip",
               "device": str(device), "test": "separate folder" if test is not None else f"seeded split {cfg.test_split}"}
     return VerifyReport(rows, defenses, len(prot_set), len(test_set), _quality(protected), recipe, cfg.threshold,
-                        effective=not failing_none, failing=failing, seconds=time.perf_counter() - started)
+                        effective=not failing, failing=failing, seconds=time.perf_counter() - started, broken_by=broken_by)
 
 
-def _epochs_for_budget(cfg: VerifyConfig, nc: list[int], crop: int, device: Any, n: int, victims: int) -> int:
-    """Time three real training steps (after one warm-up) and fit the victims' epochs into the budget."""
+def judge(rows: list[TaskRow], threshold: float) -> dict[str, list[str]]:
+    """Defence -> the tasks whose protected-trained accuracy is above majority + threshold points with it.
+    Empty means effective: every task within the threshold with no defence and under every squeeze."""
+    broken: dict[str, list[str]] = {}
+    for row in rows:
+        for defense, acc in row.by_defense.items():
+            if acc > row.majority + threshold / 100:
+                broken.setdefault(defense, []).append(row.task)
+    return broken
+
+
+def working_size(protected: Path) -> int | None:
+    """The generator's working size, recorded by protect in run.json (None if unknown)."""
+    try:
+        return int(json.loads((Path(protected) / RUN).read_text())["generator"]["image_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _image_side(table: Any, sample: int = 64) -> int | None:
+    """Median shorter side of up to `sample` images (headers only): the images' own resolution."""
+    from PIL import Image
+
+    records = table.records[:: max(1, len(table.records) // sample)][:sample]
+    sides = []
+    for record in records:
+        try:
+            with Image.open(table.root / record.path) as img:
+                sides.append(min(img.size))
+        except OSError:
+            continue
+    return sorted(sides)[len(sides) // 2] if sides else None
+
+
+def _seconds_per_epoch(cfg: VerifyConfig, nc: list[int], crop: int, device: Any, n: int) -> float:
+    """Time three real training steps (after one warm-up): the cost of one victim epoch, evaluation included."""
     import torch
 
     from mtlue_cli.classifiers import MTLClassifier
@@ -222,14 +266,16 @@ def _epochs_for_budget(cfg: VerifyConfig, nc: list[int], crop: int, device: Any,
     x = torch.rand(min(cfg.batch_size, n), 3, crop, crop, device=device)
     y = torch.stack([torch.randint(0, c, (len(x),)) for c in nc], 1).to(device)
     trainer.step(x, y)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
     start = time.perf_counter()
     for _ in range(3):
         trainer.step(x, y)
-    per_step = (time.perf_counter() - start) / 3
+    sync()
+    per_step = (time.perf_counter() - start) / 3 * (11 if cfg.adv_train else 1)  # PGD-10 + the update
     steps_per_epoch = max(1, n // cfg.batch_size)
     # + test evaluation each epoch, roughly a quarter of a training pass
-    per_epoch = per_step * steps_per_epoch * 1.25
-    return max(1, min(cfg.epochs, int(cfg.time_budget / (victims * per_epoch))))
+    return per_step * steps_per_epoch * 1.25
 
 
 def _cache_dir() -> Path:

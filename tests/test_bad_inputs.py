@@ -64,7 +64,7 @@ N_GOOD = 10
 FIT_TINY = ["--size", "16", "--epochs", "1", "--surrogate-epochs", "1", "--batch-size", "8", "--device", "cpu",
             "-q", "--method", "tap", "--workers", "1"]
 VERIFY_TINY = ["--test-split", "0.3", "--epochs", "1", "--res", "16", "--batch-size", "8", "--device", "cpu",
-               "-q", "--workers", "1", "--seed", "0"]
+               "-q", "--workers", "1", "--seed", "0", "--defense", "none", "--time-budget", "none"]
 PROTECT_OPTS = ["--device", "cpu", "-q", "--workers", "1", "--batch-size", "4"]
 
 

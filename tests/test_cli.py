@@ -54,6 +54,31 @@ def test_fit_flags_reach_the_config(monkeypatch, tiny_csv_dataset, tmp_path):
     assert seen["size"] == 16 and seen["n"] == 12
 
 
+def test_default_fit_recipe_and_its_new_flags(monkeypatch, tiny_csv_dataset, tmp_path):
+    seen = {}
+
+    def fake_fit(dataset, cfg, out, on_event=None):
+        seen.setdefault("cfgs", []).append(cfg)
+        raise SystemExit(0)
+
+    monkeypatch.setattr("mtlue_cli.fit.fit_generator", fake_fit)
+    d = tiny_csv_dataset
+    base = ["fit", str(d.root), "--labels", str(d.labels), "--device", "cpu", "-q"]
+    assert runner.invoke(app, [*base, "--out", str(tmp_path / "a")]).exit_code == 0
+    default: FitConfig = seen["cfgs"][-1]  # auto on a CPU -> quick
+    assert (default.image_size, default.width, default.bound, default.time_budget) == (32, 64, "tanh", 1140.0)
+    assert set(default.robust) == {"identity", "grayscale", "jpeg", "bits", "blur"}
+    result = runner.invoke(app, [*base, "--out", str(tmp_path / "b"), "--no-robust", "--width", "32",
+                                 "--time-budget", "15m", "--stop-acc", "0.1"])
+    assert result.exit_code == 0, result.output
+    cfg: FitConfig = seen["cfgs"][-1]
+    assert (cfg.robust, cfg.width, cfg.time_budget, cfg.stop_acc) == ((), 32, 900.0, 0.1)
+    paper = runner.invoke(app, [*base, "--out", str(tmp_path / "c"), "--recipe", "paper-utkface"])
+    assert paper.exit_code == 0 and seen["cfgs"][-1].robust == () and seen["cfgs"][-1].bound == "clamp"
+    bad = runner.invoke(app, [*base, "--out", str(tmp_path / "d"), "--time-budget", "soon"])
+    assert bad.exit_code == 2 and "duration" in bad.output
+
+
 def test_fit_usage_errors_exit_2(tiny_csv_dataset, tmp_path):
     d = tiny_csv_dataset
     result = runner.invoke(app, ["fit", str(d.root), "--labels", str(d.labels), "--preset", "extreme", "-q"])

@@ -108,3 +108,21 @@ def test_sep_computing_delta_once_matches_the_official_gradient():
     for a, p in zip(official, g.parameters()):
         assert torch.allclose(a, p.grad, atol=1e-5, rtol=1e-4)
 
+
+
+def test_time_budget_bounds_the_schedule_and_each_epoch_reports_the_attack(tmp_path):
+    events = []
+    tight = fit_generator(tiny_dataset(), quick(method="tap", epochs=20, time_budget=1e-3), tmp_path / "a",
+                          on_event=lambda kind, info: events.append((kind, info)))
+    assert tight.epochs_run == 1  # the budget leaves no room for a second epoch
+    epochs = [info for kind, info in events if kind == "epoch"]
+    assert [e["epoch"] for e in epochs] == [1] and epochs[0]["of"] == 1
+    assert 0 <= epochs[0]["attacked_acc"] <= 1 and epochs[0]["clean_acc"] is not None
+    roomy = fit_generator(tiny_dataset(), quick(method="tap", epochs=3, time_budget=3600.0), tmp_path / "b")
+    assert roomy.epochs_run == 3  # the epoch cap still holds
+
+
+def test_stop_on_collapse_and_robust_training(tmp_path):
+    result = fit_generator(tiny_dataset(), quick(method="tap", epochs=5, stop_acc=1.0, bound="tanh",
+                                                 robust=("grayscale", "jpeg", "bits", "blur")), tmp_path / "gen")
+    assert result.epochs_run == 1 and result.stopped_early and "collapsed" in result.stop_reason

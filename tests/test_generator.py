@@ -125,6 +125,7 @@ def test_save_pretrained_round_trip_is_bit_exact(tmp_path) -> None:
         "embed_channels": 16,
         "unprotected": ["gender"],
         "conditioning": "full",
+        "width": 64,
     }
 
     loaded = PerturbationGenerator(**config)

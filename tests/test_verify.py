@@ -9,10 +9,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mtlue_cli.cli import app
-from mtlue_cli.config import DataConfig, VerifyConfig
+from mtlue_cli.config import DataConfig, VerifyConfig, victim_res
 from mtlue_cli.data import read_labels, split_indices
 from mtlue_cli.errors import ConfigError
-from mtlue_cli.verify import verify
+from mtlue_cli.verify import TaskRow, judge, verify
 
 N, SIZE = 96, 16
 
@@ -51,7 +51,7 @@ def sets(tmp_path):
     return clean, names, tmp_path
 
 
-CFG = VerifyConfig(epochs=15, batch_size=16, seed=0, device="cpu", test_split=0.25)
+CFG = VerifyConfig(epochs=15, batch_size=16, seed=0, device="cpu", test_split=0.25, defenses=("none",), time_budget=None)
 
 
 def data(root: Path) -> DataConfig:
@@ -101,7 +101,8 @@ def test_cli_exit_codes_and_json(sets):
     copies = write_set(tmp / "copies", only=names)
     runner = CliRunner()
     base = ["verify", "--clean", str(clean), "--labels", str(clean / "labels.csv"), "--test-split", "0.25",
-            "--epochs", "15", "--batch-size", "16", "--res", str(SIZE), "--device", "cpu", "-q"]
+            "--epochs", "15", "--batch-size", "16", "--res", str(SIZE), "--device", "cpu", "-q", "--defense", "none",
+            "--time-budget", "none"]
     ok = runner.invoke(app, [*base, "--protected", str(prot), "--json", str(tmp / "r.json")])
     assert ok.exit_code == 0, ok.output
     assert json.loads((tmp / "r.json").read_text())["effective"] is True
@@ -113,7 +114,7 @@ def test_cli_exit_codes_and_json(sets):
 def test_clean_baseline_is_cached_by_data_and_recipe(sets):
     clean, names, tmp = sets
     prot = write_set(tmp / "prot", shortcut=True, only=names)
-    cfg = VerifyConfig(epochs=1, batch_size=16, device="cpu", test_split=0.25)
+    cfg = VerifyConfig(epochs=1, batch_size=16, device="cpu", test_split=0.25, defenses=("none",), time_budget=None)
     logs: list[str] = []
     first = verify(data(clean), prot, cfg)
     second = verify(data(clean), prot, cfg, on_event=lambda kind, info: logs.append(info.get("message", "")))
@@ -140,3 +141,29 @@ def test_cache_key_separates_adversarial_clean_victims(sets):
     plain = _cache_key(ds, ds, CFG, SIZE, 15)
     assert _cache_key(ds, ds, dataclasses.replace(CFG, adv_train=True), SIZE, 15) != plain  # trains differently
     assert _cache_key(ds, ds, dataclasses.replace(CFG, time_budget=60.0), SIZE, 15) == plain  # epochs carry it
+
+
+def _row(task: str, majority: float, **by_defense: float) -> TaskRow:
+    return TaskRow(task, majority, 0.8, 0.8, by_defense["none"], 0.0, 0.9, by_defense=by_defense)
+
+
+def test_the_verdict_fails_when_only_a_squeeze_breaks_it():
+    rows = [_row("age", 0.2, none=0.1, grayscale=0.4, jpeg10=0.2), _row("sex", 0.5, none=0.3, grayscale=0.52, jpeg10=0.5)]
+    assert judge(rows, threshold=5.0) == {"grayscale": ["age"]}  # 0.52 is within 0.5 + 5 points
+    assert judge(rows, threshold=25.0) == {}
+
+
+def test_default_victim_resolution_and_defences():
+    assert VerifyConfig().defenses == ("none", "grayscale", "jpeg10", "bdr2")
+    assert victim_res(32, 200) == 64  # never below 64 px, whatever the working size
+    assert victim_res(140, 200) == 140  # the paper's 140-px working size is kept
+    assert victim_res(32, 32) == 32  # the images' own size when smaller
+    assert victim_res(None, None) == 64
+
+
+def test_default_resolution_follows_run_json(sets):
+    clean, names, tmp = sets
+    prot = write_set(tmp / "prot", shortcut=True, only=names)
+    (prot / "run.json").write_text(json.dumps({"generator": {"image_size": 8}}))
+    report = verify(data(clean), prot, dataclasses.replace(CFG, epochs=1, res=None))
+    assert report.recipe["res"] == SIZE  # 64 px asked for, but the images are only 16 px

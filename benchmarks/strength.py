@@ -1,0 +1,218 @@
+"""Protection strength on UTKFace: fit -> protect -> verify, for one or more generator recipes.
+
+    python benchmarks/strength.py --variant TAP:method=tap --res 64 --out benchmarks/_work/tap.json
+    python benchmarks/strength.py --variant A:width=32,epochs=40 --variant B:width=64 --jobs 2
+
+Each variant is `NAME:key=value,...` over FitConfig fields (on top of --recipe, default the CLI's CPU
+recipe). The generator is fitted on the seeded 80% training split, `protect` writes every image of it
+(the 20% holdout stays clean and never protected), and `verify` trains the MTL ResNet-18 victim on the
+protected files as written, at each --res, with and without each squeeze, testing on the clean
+holdout. One JSON per variant goes to --out-dir; `--markdown` renders them into RESULTS.md sections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+UTK = HERE.parent.parent / "shared" / "data" / "utkface"
+
+
+def parse_value(text: str) -> Any:
+    if text.lower() == "null":
+        return None
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if "+" in text or text == "none" or text == "":
+        return tuple(t for t in text.split("+") if t and t != "none")
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    name, _, rest = text.partition(":")
+    fields = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        fields[key.strip()] = parse_value(value.strip())
+        if key.strip() in ("robust", "unprotected") and isinstance(fields[key.strip()], str):
+            fields[key.strip()] = (fields[key.strip()],)
+    return name, fields
+
+
+def run_variant(name: str, fields: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(max(1, args.threads))
+    from mtlue_cli.config import FIT_RECIPES, DataConfig, FitConfig, ProtectConfig, VerifyConfig, make_config
+    from mtlue_cli.data import load_dataset, split_indices
+    from mtlue_cli.fit import fit_generator
+    from mtlue_cli.hub import load_generator
+    from mtlue_cli.protect import protect_dataset
+    from mtlue_cli.verify import verify
+
+    work = Path(args.work) / name
+    data_root = Path(args.data)
+    recipe = FIT_RECIPES[args.recipe]
+    cfg = make_config(FitConfig, recipe, device=args.device, **fields)
+    gen_dir = work / "generator"
+    data = DataConfig(root=data_root / "images", labels=data_root / "labels.csv", size=cfg.image_size)
+    if args.generator:
+        gen_dir, fit = Path(args.generator), json.loads((Path(args.generator) / "fit_record.json").read_text())["result"]
+    elif args.reuse and (gen_dir / "fit_record.json").is_file():
+        fit = json.loads((gen_dir / "fit_record.json").read_text())["result"]
+    else:
+        shutil.rmtree(gen_dir, ignore_errors=True)
+        full = load_dataset(data)
+        train_idx, _ = split_indices(full.records, 0.2, 0)
+        result = fit_generator(full.subset(train_idx), cfg, gen_dir)
+        fit = dataclasses.asdict(result)
+        fit["out"] = str(fit["out"])
+    if args.fit_only:
+        out = {"name": name, "fit": {k: v for k, v in fit.items() if k != "history"}, "history": fit.get("history", []),
+               "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               "command": "python benchmarks/strength.py " + " ".join(sys.argv[1:]), "generator": str(gen_dir)}
+        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(args.out_dir) / f"{name}.fit.json").write_text(json.dumps(out, indent=2, default=str))
+        return out
+    loaded = load_generator(str(gen_dir), device=args.device if args.device != "auto" else "cpu")
+    protected = work / "protected"
+    shutil.rmtree(protected, ignore_errors=True)
+    prot = protect_dataset(loaded, data, protected, ProtectConfig(holdout=0.2, seed=0, overwrite=True, device=args.device,
+                                                                   workers=args.threads))
+    rows = {}
+    for res in args.res:
+        vcfg = VerifyConfig(epochs=args.victim_epochs, seed=0, defenses=tuple(args.defenses), res=res, device=args.device,
+                            batch_size=128, time_budget=None)
+        report = verify(dataclasses.replace(data, size=res), protected, vcfg)
+        rows[str(res)] = report.to_dict()
+        print(json.dumps({"variant": name, "res": res, "mean": rows[str(res)]["mean"]}), flush=True)
+    out = {"name": name, "fields": {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()},
+           "recipe": args.recipe, "config": json.loads(json.dumps(dataclasses.asdict(cfg), default=str)),
+           "fit": {k: v for k, v in fit.items() if k != "history"}, "history": fit.get("history", []),
+           "protect": {"max_linf_255": prot.max_linf_255, "mean_psnr": prot.mean_psnr, "mean_ssim": prot.mean_ssim,
+                       "seconds": prot.seconds},
+           "verify": rows, "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+           "command": "python benchmarks/strength.py " + " ".join(sys.argv[1:])}
+    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(args.out_dir) / f"{name}.json").write_text(json.dumps(out, indent=2, default=str))
+    return out
+
+
+def machine() -> str:
+    import torch
+
+    from mtlue_cli import __version__
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{platform.machine()}, {os.cpu_count()} cores, {gpu}; Python {platform.python_version()}, "
+            f"torch {torch.__version__}, mtlue {__version__}")
+
+
+def describe(result: dict[str, Any]) -> str:
+    """The recipe a generator was fitted with, in one cell."""
+    c = result["config"]
+    squeezes = [x for x in c["robust"] if x != "identity"]
+    eot = "no squeeze training" if not squeezes else "squeezes" + (
+        f" (grayscale x{squeezes.count('grayscale')})" if squeezes.count("grayscale") > 1 else "")
+    return (f"{c['method'].upper()}, {c['image_size']} px, width {c['width']}, {c['bound']}, lr {c['lr']:g}, "
+            f"batch {c['batch_size']}, {eot}")
+
+
+def per_task(result: dict[str, Any], res: str) -> str:
+    """Per-task table of one generator at one victim resolution."""
+    v = result["verify"][res]
+    defenses = [d for d in v["defenses"] if d != "none"]
+    lines = ["| task | majority | clean-trained | protected-trained | " + " | ".join(f"+ {d}" for d in defenses) + " |",
+             "|---|---|---|---|" + "---|" * len(defenses)]
+    for t in v["tasks"]:
+        lines.append(f"| {t['task']} | {t['majority']:.1%} | {t['clean_acc']:.1%} | **{t['by_defense']['none']:.1%}** | "
+                     + " | ".join(f"{t['by_defense'][d]:.1%}" for d in defenses) + " |")
+    m = v["mean"]
+    lines.append(f"| **mean** | {m['majority']:.1%} | {m['clean_acc']:.1%} | **{m['by_defense']['none']:.1%}** | "
+                 + " | ".join(f"{m['by_defense'][d]:.1%}" for d in defenses) + " |")
+    return "\n".join(lines)
+
+
+def write_section(name: str, body: str) -> None:
+    """Replace the section `name` of RESULTS.md (between HTML comment markers), or append it."""
+    path = HERE / "RESULTS.md"
+    text = path.read_text()
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n\n{body.strip()}\n\n{end}"
+    if start in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def markdown(results: list[dict[str, Any]]) -> str:
+    """One table: per variant and victim resolution, clean / protected mean and each squeeze."""
+    defenses = [d for d in results[0]["verify"][next(iter(results[0]["verify"]))]["defenses"]]
+    lines = ["| generator | recipe | fit | victim res | majority | clean-trained | " + " | ".join(
+        "protected" if d == "none" else f"+ {d}" for d in defenses) + " | max L-inf | PSNR |",
+        "|---|---|---|---|---|---|" + "---|" * len(defenses) + "---|---|"]
+    for r in results:
+        fit = r["fit"]
+        fit_text = f"{fit['epochs_run']} ep, {fit['seconds']:.0f} s"
+        for res, rep in r["verify"].items():
+            m = rep["mean"]
+            cells = " | ".join(f"**{m['by_defense'][d]:.1%}**" if d == "none" else f"{m['by_defense'][d]:.1%}"
+                               for d in defenses)
+            lines.append(f"| {r['name']} | {describe(r)} | {fit_text} | {res} px | {m['majority']:.1%} | {m['clean_acc']:.1%} | {cells} | "
+                         f"{r['protect']['max_linf_255']}/255 | {r['protect']['mean_psnr']:.1f} dB |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", action="append", default=[], help="NAME:field=value,... (FitConfig fields)")
+    parser.add_argument("--recipe", default="quick", help="FIT_RECIPES entry the variant fields override")
+    parser.add_argument("--data", default=str(UTK))
+    parser.add_argument("--res", type=int, nargs="+", default=[64], help="victim resolutions")
+    parser.add_argument("--victim-epochs", type=int, default=15)
+    parser.add_argument("--defenses", nargs="+", default=["none", "grayscale", "jpeg10", "bdr2"])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--generator", default=None, help="verify this generator folder instead of fitting one")
+    parser.add_argument("--reuse", action="store_true", help="reuse a generator this script fitted before")
+    parser.add_argument("--fit-only", action="store_true", help="fit (and time) the generator, verify nothing")
+    parser.add_argument("--jobs", type=int, default=1, help="variants run in parallel processes")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads per variant")
+    parser.add_argument("--work", default=str(HERE / "_work" / "strength"))
+    parser.add_argument("--out-dir", default=str(HERE / "_work" / "strength-json"))
+    parser.add_argument("--markdown", nargs="*", default=None, help="render these JSON files as a table and exit")
+    args = parser.parse_args()
+    if args.markdown is not None:
+        print(markdown([json.loads(Path(p).read_text()) for p in args.markdown]))
+        return
+    variants = [parse_variant(v) for v in args.variant] or [("default", {})]
+    if args.jobs > 1:
+        import multiprocessing
+
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(run_variant, n, f, args) for n, f in variants]
+            results = [f.result() for f in futures]
+    else:
+        results = [run_variant(n, f, args) for n, f in variants]
+    if not args.fit_only:
+        print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
