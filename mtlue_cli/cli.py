@@ -298,14 +298,13 @@ def fit(
         quiet = True
     with _errors(debug):
         from mtlue_cli.data import load_dataset
-        from mtlue_cli.engine import resolve_device
-        from mtlue_cli.fit import fit_generator
+        from mtlue_cli.fit import default_recipe, fit_generator
 
         if preset not in EPSILON_PRESETS:
             raise ConfigError(f"--preset must be one of {', '.join(EPSILON_PRESETS)}")
         name = "quick" if quick else recipe
         if name == "auto":
-            name = "strong" if resolve_device(device).type == "cuda" else "quick"
+            name = default_recipe(device)
         if name not in FIT_RECIPES:
             raise ConfigError(f"--recipe must be auto or one of {', '.join(FIT_RECIPES)}")
         cfg = make_config(
@@ -340,12 +339,16 @@ def fit(
         table.add_row(task, f"{result.surrogate_clean_acc[k]:.1%}" if result.surrogate_clean_acc else "-",
                       f"{result.attacked_train_acc[k]:.1%}")
     console.print(table)
+    _render_fit_summary(result)
+    console.print(f"[green]generator written to {out}[/]  next: mtlue protect {data} --generator {out} --out PROTECTED")
+
+
+def _render_fit_summary(result: Any) -> None:
     clean = (f"{sum(result.surrogate_clean_acc) / len(result.surrogate_clean_acc):.1%} on clean images, "
              if result.surrogate_clean_acc else "")
     attacked = sum(result.attacked_train_acc) / len(result.attacked_train_acc)
     console.print(f"[bold]{result.method.upper()} generator:[/] surrogate accuracy {clean}{attacked:.1%} on x+δ after "
                   f"{result.epochs_run} epochs in {result.seconds / 60:.1f} min (stopped by {result.stop_reason})")
-    console.print(f"[green]generator written to {out}[/]  next: mtlue protect {data} --generator {out} --out PROTECTED")
 
 
 def _report_skipped(skipped: list[Any]) -> None:
@@ -361,14 +364,17 @@ def _report_skipped(skipped: list[Any]) -> None:
 @app.command(epilog=(
     "Output: the input tree mirrored under --out with names kept, lossless PNG by default, labels.csv with "
     "rewritten paths, manifest.jsonl (one line per file: hashes, measured L-inf, PSNR, SSIM) and run.json. "
+    "Without --generator, a generator is fitted on DATA first with the default recipe and kept in OUT/generator/. "
     "Exit code 3 when some files failed.\n\n"
-    "Examples:\n\n  mtlue protect ./photos --labels attrs.csv --generator gen/ --out ./photos-protected\n\n"
+    "Examples:\n\n  mtlue protect ./photos --labels attrs.csv --out ./photos-protected --holdout 0.2\n\n"
+    "  mtlue protect ./photos --labels attrs.csv --generator gen/ --out ./photos-protected\n\n"
     "  mtlue protect ./UTKFace --generator org/mtlue-utkface@v1 --out ./utk-protected --holdout 0.2 --preview 8"
 ))
 def protect(
     data: DataArg,
-    generator: GeneratorOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (must not be inside DATA).")],
+    generator: Annotated[Optional[str], typer.Option("--generator", "-g", help="A folder written by `mtlue fit`/`export`, a pretrained alias (see `mtlue export --list`), or a Hub repo id `org/name[@revision]`. Omit it to fit one on DATA first (kept in OUT/generator/).")] = None,
+    time_budget: Annotated[Optional[str], typer.Option(help="Without --generator: the fit's wall-clock budget (default: the recipe's, 19 min on a CPU).")] = None,
     labels: LabelsOpt = None,
     revision: Annotated[Optional[str], typer.Option(help="Hub revision (branch, tag or commit).")] = None,
     format: Annotated[str, typer.Option("--format", help="png|webp (lossless) or jpeg (lossy, weakens protection).")] = "png",
@@ -397,16 +403,35 @@ def protect(
     """Write a protected copy of every labelled image (originals are never modified)."""
     with _errors(debug):
         from mtlue_cli.hub import load_generator
-        from mtlue_cli.protect import protect_dataset
+        from mtlue_cli.protect import protect_dataset, protect_with_fit
 
         cfg = ProtectConfig(format=format, quality=quality, metadata=metadata, tag_no_ai=tag_no_ai, resume=resume,
                             overwrite=overwrite, strict=strict, batch_size=batch_size, workers=workers, preview=preview,
                             holdout=holdout, seed=seed, device=device, amp=amp)
-        loaded = load_generator(generator, revision=revision)
-        data_cfg = _data_config(data, labels, layout, path_column, tasks, partition, split, skip_bad, workers,
-                                loaded.model.image_size)
-        with Renderer(quiet) as render:
-            report = protect_dataset(loaded, data_cfg, out, cfg, on_event=render)
+        fit_result = None
+        if generator is None:
+            from mtlue_cli.fit import default_recipe
+
+            name = default_recipe(device)
+            fit_cfg = make_config(FitConfig, FIT_RECIPES[name], device=device, seed=seed, amp=amp,
+                                  time_budget=parse_duration(time_budget) if time_budget else None)
+            data_cfg = _data_config(data, labels, layout, path_column, tasks, partition, split, skip_bad, workers,
+                                    fit_cfg.image_size)
+            console.print(f"no --generator: fitting one with the {name} recipe first "
+                          f"({fit_cfg.time_budget / 60:.0f} min budget)" if fit_cfg.time_budget else
+                          f"no --generator: fitting one with the {name} recipe first")
+            with Renderer(quiet) as render:
+                fit_result, report = protect_with_fit(data_cfg, out, fit_cfg, cfg, on_event=render)
+        else:
+            if time_budget:
+                raise ConfigError("--time-budget is for the fit that runs when no --generator is given")
+            loaded = load_generator(generator, revision=revision)
+            data_cfg = _data_config(data, labels, layout, path_column, tasks, partition, split, skip_bad, workers,
+                                    loaded.model.image_size)
+            with Renderer(quiet) as render:
+                report = protect_dataset(loaded, data_cfg, out, cfg, on_event=render)
+    if fit_result is not None:
+        _render_fit_summary(fit_result)
     _render_protect(report)
     if report.failed:
         raise typer.Exit(3)
@@ -436,19 +461,20 @@ def _render_protect(report: Any) -> None:
 
 
 @app.command(epilog=(
-    "Exit codes: 0 = every task at or below the majority baseline + --threshold points (protection effective), "
-    "4 = some task above it, 1 = error.\n\n"
-    "Examples:\n\n  mtlue protect ./photos -l attrs.csv -g gen/ -o prot/ --holdout 0.2 && "
-    "mtlue verify --clean ./photos --protected prot/ -l attrs.csv --test-split 0.2\n\n"
-    "  mtlue verify --clean ./photos --protected prot/ -l attrs.csv --test ./held-out --defense none,jpeg10,grayscale,bdr2"
+    "Exit codes: 0 = every task at or below the majority baseline + --threshold points with no defence and after "
+    "each --defense (protection effective), 4 = some task above it, 1 = error.\n\n"
+    "Examples:\n\n  mtlue protect ./photos -l attrs.csv -o prot/ --holdout 0.2 && mtlue verify prot/\n\n"
+    "  mtlue verify prot/ --res 128 --recipe paper --time-budget none\n\n"
+    "  mtlue verify --clean ./photos --protected prot/ -l attrs.csv --test ./held-out --defense none,jpeg10"
 ))
 def verify(
-    clean: Annotated[Path, typer.Option("--clean", help="Folder with the original images.")],
-    protected: Annotated[Path, typer.Option("--protected", help="Folder written by `mtlue protect`.")],
+    out: Annotated[Optional[Path], typer.Argument(help="A folder written by `mtlue protect`: its run.json gives the originals, labels, layout and clean holdout.", show_default=False)] = None,
+    clean: Annotated[Optional[Path], typer.Option("--clean", help="Folder with the original images (default: from OUT/run.json).")] = None,
+    protected: Annotated[Optional[Path], typer.Option("--protected", help="Folder written by `mtlue protect` (the long form of OUT).")] = None,
     labels: LabelsOpt = None,
     test: Annotated[Optional[Path], typer.Option("--test", help="A separate folder of clean test images (same labels layout).")] = None,
     test_labels: Annotated[Optional[Path], typer.Option(help="Labels for --test (default: --labels).")] = None,
-    test_split: Annotated[float, typer.Option(help="Seeded fraction of --clean used as the clean test set (protect it with the same --holdout).")] = 0.2,
+    test_split: Annotated[Optional[float], typer.Option(help="Seeded fraction of --clean used as the clean test set (default: protect's --holdout from run.json, else 0.2).")] = None,
     victim: Annotated[str, typer.Option(help="resnet18|resnet50|vgg16|densenet121|vit_b_16 (torchvision, no download).")] = "resnet18",
     recipe: Annotated[str, typer.Option(help="quick (15 epochs) | paper (60 epochs, method-spec §6.2).")] = "quick",
     epochs: Annotated[Optional[int], typer.Option(help="Victim epochs (overrides --recipe).")] = None,
@@ -469,7 +495,7 @@ def verify(
     tasks: TasksOpt = None,
     skip_bad: SkipBadOpt = False,
     device: DeviceOpt = "auto",
-    seed: SeedOpt = 0,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed (default: protect's, from run.json, else 0).")] = None,
     workers: WorkersOpt = 2,
     debug: DebugOpt = False,
     quiet: QuietOpt = False,
@@ -480,6 +506,27 @@ def verify(
 
         if recipe not in VERIFY_RECIPES:
             raise ConfigError(f"--recipe must be one of {', '.join(VERIFY_RECIPES)}")
+        from mtlue_cli.verify import run_defaults
+
+        if out is not None and protected is not None and out != protected:
+            raise ConfigError("give the protected folder once: as OUT or as --protected")
+        protected = protected or out
+        if protected is None:
+            raise ConfigError("give the folder `mtlue protect` wrote: mtlue verify OUT")
+        # Whatever protect recorded is the default; explicit flags win.
+        recorded = run_defaults(protected)
+        clean = clean or recorded.get("clean")
+        if clean is None:
+            raise ConfigError(f"{protected}: no run.json names the originals; pass --clean")
+        labels = labels or recorded.get("labels")
+        layout = recorded.get("layout", layout) if layout == "auto" else layout
+        path_column = path_column or recorded.get("path_column")
+        tasks = tasks or recorded.get("tasks")
+        test_split = test_split if test_split is not None else recorded.get("test_split", 0.2)
+        seed = seed if seed is not None else recorded.get("seed", 0)
+        if not test_split and test is None:
+            raise ConfigError(f"{protected} was protected without --holdout, so no clean test split was left out: "
+                              "protect again with --holdout 0.2, or pass --test with separate clean images")
         budget = None if time_budget.strip().lower() in ("none", "0", "off") else parse_duration(time_budget)
         cfg = make_config(VerifyConfig, VERIFY_RECIPES[recipe], victim=victim, epochs=epochs, res=res,
                           batch_size=batch_size, weighting=weighting, defenses=_tasks(defense) or ("none",),

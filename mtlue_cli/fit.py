@@ -340,6 +340,11 @@ def fit_generator(dataset: MultiTaskImageDataset, cfg: FitConfig, out: Path, on_
     return result
 
 
+def default_recipe(device: str = "auto") -> str:
+    """The recipe `auto` stands for: `strong` where a CUDA GPU will run the fit, `quick` elsewhere."""
+    return "strong" if resolve_device(device).type == "cuda" else "quick"
+
+
 def _plan_epochs(done: int, cap: int, per_epoch: float, left: float) -> int:
     """Generator epochs that fit the time left after `done` of them (each `per_epoch` s), at most `cap`.
     One epoch's worth is kept back for the final check and the save."""

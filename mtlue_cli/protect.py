@@ -82,6 +82,9 @@ class ProtectReport:
     warnings: list[str] = field(default_factory=list)
 
 
+GENERATOR_DIR = "generator"
+
+
 def check_output_folder(root: Path, out: Path, cfg: ProtectConfig) -> None:
     """Never write into the input, and never clobber a folder without --resume/--overwrite."""
     r, o = root.resolve(), out.resolve()
@@ -91,7 +94,8 @@ def check_output_folder(root: Path, out: Path, cfg: ProtectConfig) -> None:
         raise ConfigError(f"the input folder {root} is inside --out {out}; choose a separate folder")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file")
-    if out.exists() and any(out.iterdir()) and not (cfg.resume or cfg.overwrite):
+    # OUT/generator/ is the generator `protect` fitted for this folder when none was given.
+    if out.exists() and any(p.name != GENERATOR_DIR for p in out.iterdir()) and not (cfg.resume or cfg.overwrite):
         raise ConfigError(f"--out {out} is not empty: pass --resume to continue a run or --overwrite to replace it")
 
 
@@ -391,12 +395,51 @@ def protect_dataset(loaded: LoadedGenerator, data: DataConfig, out: Path, cfg: P
         "labels_file": str(table.labels_file) if table.labels_file else None,
         "labels_sha256": file_sha256(table.labels_file) if table.labels_file else None,
         "input_root": str(root), "layout": table.layout,
+        "data": {"path_column": data.path_column, "tasks": list(data.tasks) if data.tasks else None,
+                 "partition": str(data.partition) if data.partition else None, "split": data.split},
         "held_out": [table.records[i].path for i in test_idx], "holdout": cfg.holdout,
         "summary": {k: v for k, v in asdict(report).items() if k not in ("failed", "out", "preview")},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     (out / RUN).write_text(json.dumps(run, indent=2, default=str) + "\n")
     return report
+
+
+def protect_with_fit(data: DataConfig, out: Path, fit_cfg: Any, cfg: ProtectConfig,
+                     on_event: OnEvent | None = None) -> tuple[Any, ProtectReport]:
+    """`protect` without a generator: fit one with `fit_cfg` on the images that will be protected (the
+    holdout stays unseen by it), keep it as OUT/generator/ (a normal generator folder that `export` and
+    `--generator` accept), then protect with it. Returns (FitResult or None if reused, ProtectReport)."""
+    import dataclasses
+    import shutil
+
+    from mtlue_cli.data import load_dataset
+    from mtlue_cli.fit import fit_generator
+    from mtlue_cli.hub import load_generator
+
+    on_event = on_event or noop
+    out = Path(out)
+    check_output_folder(Path(data.root), out, cfg)
+    gen_dir = out / GENERATOR_DIR
+    fit_result = None
+    if cfg.resume and (gen_dir / "model.safetensors").is_file():
+        log(on_event, f"--resume: reusing the generator fitted before in {gen_dir}")
+    else:
+        held_out: set[str] = set()
+        if cfg.holdout:
+            table = read_labels(data)
+            _, test_idx = split_indices(table.records, cfg.holdout, cfg.seed)  # the same split protect leaves out
+            held_out = {table.records[i].path for i in test_idx}
+        dataset = load_dataset(dataclasses.replace(data, size=fit_cfg.image_size), on_event)
+        keep = [i for i, r in enumerate(dataset.records) if r.path not in held_out]
+        log(on_event, f"no --generator: fitting one on the {len(keep)} images to protect "
+            f"(recipe written to {gen_dir / 'fit_record.json'})")
+        resume = cfg.resume and (gen_dir / "checkpoint" / "state.pt").is_file()
+        fit_result = fit_generator(dataset.subset(keep), dataclasses.replace(fit_cfg, resume=resume), gen_dir, on_event)
+        shutil.rmtree(gen_dir / "checkpoint", ignore_errors=True)  # the surrogate is not something to publish
+    loaded = load_generator(str(gen_dir))
+    report = protect_dataset(loaded, dataclasses.replace(data, size=loaded.model.image_size), out, cfg, on_event)
+    return fit_result, report
 
 
 def _write_labels(table: LabelTable, out: Path, names: dict[str, str], ok: list[FileResult]) -> None:

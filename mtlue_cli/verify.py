@@ -231,6 +231,24 @@ def judge(rows: list[TaskRow], threshold: float) -> dict[str, list[str]]:
     return broken
 
 
+def run_defaults(protected: Path) -> dict[str, Any]:
+    """What `protect` recorded in OUT/run.json that `verify OUT` needs: the originals, the labels and how to
+    read them, the clean holdout and its seed. Empty when there is no run.json (the long form still works)."""
+    try:
+        run = json.loads((Path(protected) / RUN).read_text())
+    except (OSError, ValueError):
+        return {}
+    data = run.get("data") or {}
+    found = {"clean": run.get("input_root"), "labels": run.get("labels_file"), "layout": run.get("layout"),
+             "path_column": data.get("path_column"), "tasks": ",".join(data["tasks"]) if data.get("tasks") else None,
+             "test_split": run.get("holdout"), "seed": run.get("seed")}
+    found = {k: v for k, v in found.items() if v is not None}
+    for key in ("clean", "labels"):
+        if key in found:
+            found[key] = Path(found[key])
+    return found
+
+
 def working_size(protected: Path) -> int | None:
     """The generator's working size, recorded by protect in run.json (None if unknown)."""
     try:

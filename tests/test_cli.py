@@ -1,5 +1,6 @@
 """CLI tests: options map to the config the library receives (style rule 10), exit codes, torchrun."""
 
+import json
 import os
 import subprocess
 import sys
@@ -115,3 +116,37 @@ def test_torchrun_two_gloo_processes_write_one_generator(tmp_path):
 
     assert json.loads((out / "fit_record.json").read_text())["processes"] == 2
     assert proc.stderr.count("generator written") <= 1 and proc.stdout.count("generator written") <= 1
+
+
+def test_protect_without_generator_fits_one_and_verify_reads_run_json(monkeypatch, tiny_csv_dataset, tmp_path):
+    from mtlue_cli.config import FIT_RECIPES
+    from mtlue_cli.hub import load_generator
+
+    # A quicker default recipe for the test: the real fit, protect and run.json, at 16 px.
+    monkeypatch.setitem(FIT_RECIPES, "quick", dict(FIT_RECIPES["quick"], image_size=16, epochs=2, surrogate_epochs=1,
+                                                   batch_size=8, width=16))
+    d, out = tiny_csv_dataset, tmp_path / "prot"
+    result = runner.invoke(app, ["protect", str(d.root), "--labels", str(d.labels), "--out", str(out), "--holdout", "0.25",
+                                 "--seed", "3", "--device", "cpu", "-q", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert load_generator(str(out / "generator")).model.image_size == 16  # a normal generator folder
+    assert not (out / "generator" / "checkpoint").exists()  # the surrogate does not sit in a folder to publish
+    held_out = json.loads((out / "run.json").read_text())["held_out"]
+    assert held_out and len(list(out.rglob("*.png"))) + len(held_out) == 12
+    seen = {}
+
+    def fake_verify(clean, protected, cfg, test=None, on_event=None):
+        seen.update(clean=clean, protected=protected, cfg=cfg, test=test)
+        raise SystemExit(0)
+
+    import importlib
+
+    # mtlue_cli re-exports the function `verify`, which hides the module of that name from a dotted path.
+    monkeypatch.setattr(importlib.import_module("mtlue_cli.verify"), "verify", fake_verify)
+    assert runner.invoke(app, ["verify", str(out), "-q"]).exit_code == 0
+    assert seen["clean"].root == d.root.resolve() or seen["clean"].root == d.root
+    assert seen["clean"].labels == d.labels and seen["protected"] == out
+    assert (seen["cfg"].test_split, seen["cfg"].seed, seen["cfg"].defenses) == (0.25, 3, ("none", "grayscale", "jpeg10", "bdr2"))
+    assert runner.invoke(app, ["verify", str(out), "--test-split", "0.5", "--seed", "1", "-q"]).exit_code == 0
+    assert (seen["cfg"].test_split, seen["cfg"].seed) == (0.5, 1)  # flags override what protect recorded
+    assert runner.invoke(app, ["verify", "-q"]).exit_code == 2
