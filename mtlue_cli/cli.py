@@ -149,11 +149,7 @@ def _errors(debug: bool) -> Iterator[None]:
             console.print_exception()
         from mtlue_cli.data import problems_of
 
-        problems = problems_of(error)
-        for problem in problems[:20]:
-            console.print(f"[red]  {problem}[/]", highlight=False, soft_wrap=True)
-        if len(problems) > 20:
-            console.print(f"[red]  ... and {len(problems) - 20} more[/]")
+        _print_problems(problems_of(error), "red")
         console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
         raise typer.Exit(error.exit_code) from None
     except KeyboardInterrupt:
@@ -354,8 +350,27 @@ def _render_fit_summary(result: Any) -> None:
 def _report_skipped(skipped: list[Any]) -> None:
     if skipped:
         console.print(f"[yellow]{len(skipped)} file(s) skipped:[/]")
-        for problem in skipped[:50]:
-            console.print(f"[yellow]  {problem}[/]", highlight=False)
+        _print_problems(skipped, "yellow")
+
+
+def _print_problems(problems: list[Any], style: str, limit: int = 20) -> None:
+    """One line per file, except a reason shared by more than five files: one line, the count and five names."""
+    by_reason: dict[str, list[Any]] = {}
+    for problem in problems:
+        by_reason.setdefault(problem.reason, []).append(problem)
+    shown = 0
+    for reason, group in by_reason.items():
+        if len(group) > 5:
+            names = ", ".join(p.path for p in group[:5])
+            console.print(f"[{style}]  {len(group)} files: {reason} (e.g. {names})[/]", highlight=False, soft_wrap=True)
+            shown += 1
+            continue
+        for problem in group:
+            if shown < limit:
+                console.print(f"[{style}]  {problem}[/]", highlight=False, soft_wrap=True)
+            shown += 1
+    if shown > limit:
+        console.print(f"[{style}]  ... and {shown - limit} more[/]")
 
 
 # ----------------------------------------------------------------------------- protect

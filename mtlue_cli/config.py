@@ -73,8 +73,9 @@ class FitConfig:
     unprotected: tuple[str, ...] = ()  # tasks left learnable (§2.4)
     conditioning: str = "full"  # full|classwise|z_only (§2.2 ablations)
     bound: str = "clamp"  # clamp (the paper's hard ±ε, §2.3) | tanh (ε·tanh: gradients on every pixel)
-    width: int = 64  # generator encoder width (§2.1: 64); 32 is ~4x cheaper (our CPU recipe)
+    width: int = 64  # generator encoder width (§2.1: 64); 32 is ~3x faster on a CPU but weaker (RESULTS.md)
     robust: tuple[str, ...] = ()  # squeezes drawn per batch in the generator loop (robust.SQUEEZES); () = the paper
+    robust_surrogate: bool = False  # TAP/SEP surrogate trained on the same squeezes (needs `robust`)
     time_budget: float | None = None  # seconds for the whole fit; the epochs (at most `epochs`) are planned to fit
     stop_acc: float | None = None  # stop once the surrogate's mean true-label accuracy on x+δ is at most this
     seed: int = 0
@@ -138,8 +139,8 @@ FIT_RECIPES: dict[str, dict[str, Any]] = {
     "paper-utkface": dict(image_size=140, batch_size=128, epochs=100, surrogate_epochs=60),
     "paper-celeba": dict(image_size=70, batch_size=512, epochs=100, surrogate_epochs=60),
     # Our CPU default (issue: protection by default). Measured on UTKFace (benchmarks/RESULTS.md): the
-    # surrogate's accuracy on x+δ plateaus after ~15-20 generator epochs at 32 px, so a 20-minute budget on
-    # 2 cores buys the paper's full-width generator (§2.1) ~20 epochs; ε·tanh instead of the hard clamp
+    # surrogate's accuracy on x+δ plateaus after ~15-20 generator epochs at 32 px, so a 19-minute budget
+    # (20 with loading and saving) on 2 cores buys the paper's full-width generator (§2.1) ~19 epochs; ε·tanh instead of the hard clamp
     # (§2.3: the clamp passes gradient through ~2% of pixels at init); squeeze training (robust.py).
     "quick": dict(
         image_size=32, batch_size=64, epochs=60, surrogate_epochs=12, sep_every=2, checkpoint_every=4,

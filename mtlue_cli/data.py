@@ -22,7 +22,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mtlue_cli.config import DataConfig
 from mtlue_cli.errors import DatasetError, FileProblem
-from mtlue_cli.events import OnEvent, noop
+from mtlue_cli.events import OnEvent, log, noop
 
 if TYPE_CHECKING:
     import torch
@@ -213,12 +213,15 @@ def _normalise(rel: str) -> str:
     return PurePosixPath(text).as_posix() if text else text
 
 
+UNLABELLED = "image has no label row; add one or move the file out of the root"
+
+
 def _unlabelled(root: Path, listed: Iterable[str], problems: list[FileProblem]) -> None:
     """Images under the root with no label row would silently go unprotected: report them."""
     listed_set = {_normalise(p) for p in listed}
     for rel in scan_images(root):
         if rel not in listed_set:
-            problems.append(FileProblem(rel, "image has no label row; add one or move the file out of the root"))
+            problems.append(FileProblem(rel, UNLABELLED))
 
 
 def read_csv(
@@ -562,7 +565,14 @@ def load_dataset(cfg: DataConfig, on_event: OnEvent | None = None, table: LabelT
 
     on_event = on_event or noop
     table = table or read_labels(cfg)
-    skipped = list(table.problems)
+    # Training and judging use the labelled rows: images without one are left out, said in one line.
+    # (protect stops on them instead: an unlabelled image would silently stay unprotected.)
+    unlabelled = [p.path for p in table.problems if p.reason == UNLABELLED]
+    if unlabelled:
+        log(on_event, f"{len(unlabelled)} image(s) in {table.root} have no label row and are left out "
+            f"(e.g. {', '.join(unlabelled[:3])})", level="warning")
+    skipped = [p for p in table.problems if p.reason != UNLABELLED]
+    listed = len(skipped)
     if skipped and not cfg.skip_bad:
         raise_problems(skipped)
     n, size = len(table.records), cfg.size
@@ -598,8 +608,8 @@ def load_dataset(cfg: DataConfig, on_event: OnEvent | None = None, table: LabelT
                 skipped.append(problem)
             on_event("progress", {"stage": "decode", "done": done})
     on_event("end", {"stage": "decode"})
-    if not cfg.skip_bad and len(skipped) > len(table.problems):
-        raise_problems(skipped[len(table.problems):], "image")
+    if not cfg.skip_bad and len(skipped) > listed:
+        raise_problems(skipped[listed:], "image")
     keep = [i for i in range(n) if ok[i]]
     if not keep:
         raise DatasetError(f"{table.root}: none of the {n} images could be decoded")

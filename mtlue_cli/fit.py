@@ -162,9 +162,12 @@ def fit_generator(dataset: MultiTaskImageDataset, cfg: FitConfig, out: Path, on_
         else:
             trainer = ClassifierTrainer(surrogate_model(), nc, milestones=milestones(cfg.surrogate_epochs, cfg.surrogate_milestones), device=device,
                                         amp=cfg.amp, dist=dist)
+            # robust_surrogate (a deviation from §5, off in paper-*): the surrogate also learns from squeezed
+            # images, so the gradient that reaches δ through a squeeze comes from a model that reads such images.
+            squeezed = (lambda x: random_squeeze(tuple(cfg.robust), gen)[1](x)) if cfg.robust_surrogate else None
             result = train_classifier(
                 trainer, images, labels, epochs=cfg.surrogate_epochs, batch_size=cfg.batch_size, crop=crop, gen=gen,
-                checkpoint_every=cfg.sep_every if method.surrogate == "checkpoints" else None,
+                checkpoint_every=cfg.sep_every if method.surrogate == "checkpoints" else None, input_transform=squeezed,
                 on_event=on_event, stage="surrogate", description="Clean surrogate",
             )
             saved = {"final": {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()},

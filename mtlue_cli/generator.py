@@ -22,7 +22,7 @@ WIDTHS = (16, 32, 64)  # 64 = the paper's ResNet-18 stem width (§2.1); z has 2x
 
 def _encoder(in_channels: int, stem: str, width: int = 64) -> nn.Sequential:
     # ResNet-18 up to layer2 = "stem_end_block = 9" convs (§2.1); layer3/4 are never used upstream.
-    # width 64 is the paper's; a narrower encoder (our CPU default) keeps the layout at width/64 the cost.
+    # width 64 is the paper's; a narrower one keeps the layout at about (width/64)^2 the cost (measured weaker).
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     if stem == "cifar":
         layers["conv1"] = nn.Conv2d(in_channels, width, kernel_size=3, stride=1, padding=1, bias=False)

@@ -150,3 +150,18 @@ def test_protect_without_generator_fits_one_and_verify_reads_run_json(monkeypatc
     assert runner.invoke(app, ["verify", str(out), "--test-split", "0.5", "--seed", "1", "-q"]).exit_code == 0
     assert (seen["cfg"].test_split, seen["cfg"].seed) == (0.5, 1)  # flags override what protect recorded
     assert runner.invoke(app, ["verify", "-q"]).exit_code == 2
+
+
+def test_protect_names_unlabelled_images_in_one_line(tiny_csv_dataset, make_image, tmp_path):
+    from mtlue_cli.generator import PerturbationGenerator
+    from mtlue_cli.hub import save_generator
+
+    d = tiny_csv_dataset
+    save_generator(PerturbationGenerator({k: list(v) for k, v in d.classes.items()}, image_size=16), tmp_path / "g")
+    for i in range(7):
+        make_image(d.root / "extra" / f"x{i}.png")
+    result = runner.invoke(app, ["protect", str(d.root), "--labels", str(d.labels), "--out", str(tmp_path / "p"),
+                                 "--generator", str(tmp_path / "g"), "--device", "cpu", "-q"], env={"COLUMNS": "300"})
+    assert result.exit_code == 1
+    assert result.output.count("no label row") == 1 and "7 files: image has no label row" in result.output
+    assert "extra/x0.png, extra/x1.png" in result.output

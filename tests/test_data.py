@@ -912,3 +912,17 @@ def test_cli_import_does_not_load_torch() -> None:
         capture_output=True, text=True, timeout=60, check=True,
     )
     assert out.stdout.strip() == "False"
+
+
+def test_fit_and_verify_leave_unlabelled_images_out_in_one_line(tiny_csv_dataset, make_image) -> None:
+    from mtlue_cli.config import DataConfig
+    from mtlue_cli.data import load_dataset
+
+    ds = tiny_csv_dataset
+    for i in range(7):
+        make_image(ds.root / "extra" / f"x{i}.png")
+    logs = []
+    dataset = load_dataset(DataConfig(root=ds.root, labels=ds.labels, size=8),
+                           on_event=lambda kind, info: logs.append(info) if kind == "log" else None)
+    assert len(dataset) == 12 and dataset.skipped == []
+    assert len(logs) == 1 and logs[0]["message"].startswith("7 image(s)") and logs[0]["level"] == "warning"
