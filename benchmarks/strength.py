@@ -70,6 +70,8 @@ def run_variant(name: str, fields: dict[str, Any], args: argparse.Namespace) -> 
     data_root = Path(args.data)
     recipe = FIT_RECIPES[args.recipe]
     cfg = make_config(FitConfig, recipe, device=args.device, **fields)
+    # make_config skips None overrides (they mean "not given"); a variant's explicit null lifts the recipe's value.
+    cfg = dataclasses.replace(cfg, **{k: None for k, v in fields.items() if v is None})
     gen_dir = work / "generator"
     data = DataConfig(root=data_root / "images", labels=data_root / "labels.csv", size=cfg.image_size)
     if args.generator:
