@@ -124,5 +124,6 @@ def test_time_budget_bounds_the_schedule_and_each_epoch_reports_the_attack(tmp_p
 
 def test_stop_on_collapse_and_robust_training(tmp_path):
     result = fit_generator(tiny_dataset(), quick(method="tap", epochs=5, stop_acc=1.0, bound="tanh",
-                                                 robust=("grayscale", "jpeg", "bits", "blur")), tmp_path / "gen")
+                                                 robust=("grayscale", "jpeg", "bits", "blur"), robust_surrogate=True),
+                           tmp_path / "gen")
     assert result.epochs_run == 1 and result.stopped_early and "collapsed" in result.stop_reason
