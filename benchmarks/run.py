@@ -42,6 +42,7 @@ from mtlue_cli.hub import LoadedGenerator, load_generator  # noqa: E402
 from mtlue_cli.losses import embedding_regulariser, sep_loss, shifted_targets, tap_loss  # noqa: E402
 from mtlue_cli.protect import protect_dataset  # noqa: E402
 from mtlue_cli.verify import verify  # noqa: E402
+from strength import write_section as replace_section  # noqa: E402  (benchmarks/ is the script's folder)
 
 RESULTS = HERE / "RESULTS.md"
 WORK = HERE / "_work"
@@ -56,17 +57,10 @@ def machine() -> str:
 
 
 def write_section(name: str, body: str, command: str) -> None:
-    """Replace the section `name` of RESULTS.md (kept between HTML comment markers)."""
+    """Replace this device kind's section `name` of RESULTS.md, stamped with the command, date and machine."""
     kind = "gpu" if torch.cuda.is_available() else "cpu"
-    start, end = f"<!-- {name}-{kind}:start -->", f"<!-- {name}-{kind}:end -->"
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nWritten by `benchmarks/run.py`.\n"
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    block = f"{start}\n\n`{command}` ({stamp})\n\nMachine: {machine()}\n\n{body.strip()}\n\n{end}"
-    if start in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    RESULTS.write_text(text)
+    replace_section(f"{name}-{kind}", f"`{command}` ({stamp})\n\nMachine: {machine()}\n\n{body.strip()}")
 
 
 def timed(fn: Callable[[], Any], repeat: int = 1) -> float:

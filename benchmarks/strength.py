@@ -85,13 +85,11 @@ def run_variant(name: str, fields: dict[str, Any], args: argparse.Namespace) -> 
         result = fit_generator(full.subset(train_idx), cfg, gen_dir)
         fit = dataclasses.asdict(result)
         fit["out"] = str(fit["out"])
+    record = {"name": name, "fit": {k: v for k, v in fit.items() if k != "history"}, "history": fit.get("history", []),
+              "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "command": "python benchmarks/strength.py " + " ".join(sys.argv[1:])}
     if args.fit_only:
-        out = {"name": name, "fit": {k: v for k, v in fit.items() if k != "history"}, "history": fit.get("history", []),
-               "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-               "command": "python benchmarks/strength.py " + " ".join(sys.argv[1:]), "generator": str(gen_dir)}
-        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-        (Path(args.out_dir) / f"{name}.fit.json").write_text(json.dumps(out, indent=2, default=str))
-        return out
+        return _save(dict(record, generator=str(gen_dir)), Path(args.out_dir) / f"{name}.fit.json")
     loaded = load_generator(str(gen_dir), device=args.device if args.device != "auto" else "cpu")
     protected = work / "protected"
     shutil.rmtree(protected, ignore_errors=True)
@@ -104,16 +102,17 @@ def run_variant(name: str, fields: dict[str, Any], args: argparse.Namespace) -> 
         report = verify(dataclasses.replace(data, size=res), protected, vcfg)
         rows[str(res)] = report.to_dict()
         print(json.dumps({"variant": name, "res": res, "mean": rows[str(res)]["mean"]}), flush=True)
-    out = {"name": name, "fields": {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()},
-           "recipe": args.recipe, "config": json.loads(json.dumps(dataclasses.asdict(cfg), default=str)),
-           "fit": {k: v for k, v in fit.items() if k != "history"}, "history": fit.get("history", []),
-           "protect": {"max_linf_255": prot.max_linf_255, "mean_psnr": prot.mean_psnr, "mean_ssim": prot.mean_ssim,
-                       "seconds": prot.seconds},
-           "verify": rows, "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-           "command": "python benchmarks/strength.py " + " ".join(sys.argv[1:])}
-    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-    (Path(args.out_dir) / f"{name}.json").write_text(json.dumps(out, indent=2, default=str))
-    return out
+    return _save(dict(record, fields={k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()},
+                      recipe=args.recipe, config=json.loads(json.dumps(dataclasses.asdict(cfg), default=str)),
+                      protect={"max_linf_255": prot.max_linf_255, "mean_psnr": prot.mean_psnr,
+                               "mean_ssim": prot.mean_ssim, "seconds": prot.seconds},
+                      verify=rows), Path(args.out_dir) / f"{name}.json")
+
+
+def _save(record: dict[str, Any], path: Path) -> dict[str, Any]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2, default=str))
+    return record
 
 
 def machine() -> str:
@@ -154,7 +153,7 @@ def per_task(result: dict[str, Any], res: str) -> str:
 def write_section(name: str, body: str) -> None:
     """Replace the section `name` of RESULTS.md (between HTML comment markers), or append it."""
     path = HERE / "RESULTS.md"
-    text = path.read_text()
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     block = f"{start}\n\n{body.strip()}\n\n{end}"
     if start in text:

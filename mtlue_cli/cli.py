@@ -432,9 +432,8 @@ def protect(
                                   time_budget=parse_duration(time_budget) if time_budget else None)
             data_cfg = _data_config(data, labels, layout, path_column, tasks, partition, split, skip_bad, workers,
                                     fit_cfg.image_size)
-            console.print(f"no --generator: fitting one with the {name} recipe first "
-                          f"({fit_cfg.time_budget / 60:.0f} min budget)" if fit_cfg.time_budget else
-                          f"no --generator: fitting one with the {name} recipe first")
+            budget = f" ({fit_cfg.time_budget / 60:.0f} min budget)" if fit_cfg.time_budget else ""
+            console.print(f"no --generator: fitting one with the {name} recipe first{budget}")
             with Renderer(quiet) as render:
                 fit_result, report = protect_with_fit(data_cfg, out, fit_cfg, cfg, on_event=render)
         else:

@@ -425,12 +425,12 @@ def protect_with_fit(data: DataConfig, out: Path, fit_cfg: Any, cfg: ProtectConf
     if cfg.resume and (gen_dir / "model.safetensors").is_file():
         log(on_event, f"--resume: reusing the generator fitted before in {gen_dir}")
     else:
+        table = read_labels(data)
         held_out: set[str] = set()
         if cfg.holdout:
-            table = read_labels(data)
             _, test_idx = split_indices(table.records, cfg.holdout, cfg.seed)  # the same split protect leaves out
             held_out = {table.records[i].path for i in test_idx}
-        dataset = load_dataset(dataclasses.replace(data, size=fit_cfg.image_size), on_event)
+        dataset = load_dataset(dataclasses.replace(data, size=fit_cfg.image_size), on_event, table=table)
         keep = [i for i, r in enumerate(dataset.records) if r.path not in held_out]
         log(on_event, f"no --generator: fitting one on the {len(keep)} images to protect "
             f"(recipe written to {gen_dir / 'fit_record.json'})")

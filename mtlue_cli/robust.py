@@ -23,8 +23,6 @@ from mtlue_cli.errors import ConfigError
 JPEG_QUALITIES = (10, 60)  # drawn uniformly per batch
 BIT_DEPTHS = (2, 3, 4)
 BLUR_SCALES = (0.35, 0.75)  # down-up resize factor range
-# ITU-R BT.601 luma, as torchvision's rgb_to_grayscale and PIL's convert("L") use.
-_LUMA = (0.2989, 0.587, 0.114)
 
 
 def check_squeezes(names: tuple[str, ...]) -> tuple[str, ...]:
@@ -40,9 +38,11 @@ def straight_through(x: torch.Tensor, squeezed: torch.Tensor) -> torch.Tensor:
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
-    """Luma replicated over 3 channels; differentiable (a channel average). (B,3,H,W) -> (B,3,H,W)."""
-    w = x.new_tensor(_LUMA).view(1, 3, 1, 1)
-    return (x * w).sum(1, keepdim=True).expand_as(x)
+    """Luma replicated over 3 channels; differentiable (a channel average). (B,3,H,W) -> (B,3,H,W).
+    The same torchvision function as the victim-time defence, on float pixels."""
+    from torchvision.transforms.v2 import functional as TF
+
+    return TF.rgb_to_grayscale(x, num_output_channels=3)
 
 
 def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:

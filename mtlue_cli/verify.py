@@ -151,20 +151,21 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
     nc = spec.num_classes
     device = resolve_device(cfg.device)
     crop = cfg.crop or default_crop(res)
-    cache_file = _cache_dir() / f"{_cache_key(clean_train, test_set, cfg, res, crop)}.json" if cfg.cache else None
-    cached = cache_file is not None and cache_file.is_file()
-    victims = (0 if cached else 1) + len(defenses) + (2 * len(nc) if cfg.stl else 0)
     per_epoch = _seconds_per_epoch(cfg, nc, crop, device, len(prot_set))
+    stl_victims = 2 * len(nc) if cfg.stl else 0
     if cfg.time_budget is not None:
-        epochs = max(1, min(cfg.epochs, int(cfg.time_budget / (victims * per_epoch))))
+        # The plan counts the clean victim whether or not its result is cached: the epochs are part of the
+        # cache key, so a plan that depended on the cache would change the key it was looked up by.
+        epochs = max(1, min(cfg.epochs, int(cfg.time_budget / ((1 + len(defenses) + stl_victims) * per_epoch))))
         if epochs < cfg.epochs:
             log(on_event, f"time budget {cfg.time_budget / 60:.0f} min: {epochs} epochs per victim instead of {cfg.epochs} "
                 "(--time-budget none trains the full recipe)")
         cfg = dataclasses.replace(cfg, epochs=epochs)
-        # The cache key holds the epochs: look again with the planned ones.
-        cache_file = _cache_dir() / f"{_cache_key(clean_train, test_set, cfg, res, crop)}.json" if cfg.cache else None
+    cache_file = _cache_dir() / f"{_cache_key(clean_train, test_set, cfg, res, crop)}.json" if cfg.cache else None
+    trained = ([] if cache_file is not None and cache_file.is_file() else ["clean"]) + defenses
+    victims = len(trained) + stl_victims
     log(on_event, f"expected time: about {max(1, round(victims * per_epoch * cfg.epochs / 60))} min for {victims} victim(s) "
-        f"({', '.join(([] if cached else ['clean']) + defenses)})")
+        f"({', '.join(trained)}{', STL' if stl_victims else ''})")
     milestones = lr_milestones(cfg.epochs, cfg.milestones)
     # The chance level a victim must beat: the majority class for accuracy, 0.5 for AUC.
     majority = majority_baseline(clean_train.labels, test_labels, nc) if cfg.metric == "acc" else [0.5] * len(nc)
@@ -234,10 +235,7 @@ def judge(rows: list[TaskRow], threshold: float) -> dict[str, list[str]]:
 def run_defaults(protected: Path) -> dict[str, Any]:
     """What `protect` recorded in OUT/run.json that `verify OUT` needs: the originals, the labels and how to
     read them, the clean holdout and its seed. Empty when there is no run.json (the long form still works)."""
-    try:
-        run = json.loads((Path(protected) / RUN).read_text())
-    except (OSError, ValueError):
-        return {}
+    run = _read_run(protected)
     data = run.get("data") or {}
     found = {"clean": run.get("input_root"), "labels": run.get("labels_file"), "layout": run.get("layout"),
              "path_column": data.get("path_column"), "tasks": ",".join(data["tasks"]) if data.get("tasks") else None,
@@ -252,9 +250,18 @@ def run_defaults(protected: Path) -> dict[str, Any]:
 def working_size(protected: Path) -> int | None:
     """The generator's working size, recorded by protect in run.json (None if unknown)."""
     try:
-        return int(json.loads((Path(protected) / RUN).read_text())["generator"]["image_size"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return int(_read_run(protected)["generator"]["image_size"])
+    except (KeyError, TypeError, ValueError):
         return None
+
+
+def _read_run(protected: Path) -> dict[str, Any]:
+    """OUT/run.json as written by `protect`; empty if there is none or it does not parse."""
+    try:
+        run = json.loads((Path(protected) / RUN).read_text())
+    except (OSError, ValueError):
+        return {}
+    return run if isinstance(run, dict) else {}
 
 
 def _image_side(table: Any, sample: int = 64) -> int | None:
