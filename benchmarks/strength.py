@@ -8,6 +8,10 @@ recipe). The generator is fitted on the seeded 80% training split, `protect` wri
 (the 20% holdout stays clean and never protected), and `verify` trains the MTL ResNet-18 victim on the
 protected files as written, at each --res, with and without each squeeze, testing on the clean
 holdout. One JSON per variant goes to --out-dir; `--markdown` renders them into RESULTS.md sections.
+
+`--transfer` measures a generator on faces it never saw (what a pretrained generator is for): the
+shared set is split in two seeded halves; the generator is fitted on half A, `protect` writes half B
+(its 20% holdout stays clean), and the victims train on protected B and test on clean held-out B.
 """
 
 from __future__ import annotations
@@ -74,18 +78,22 @@ def run_variant(name: str, fields: dict[str, Any], args: argparse.Namespace) -> 
     cfg = dataclasses.replace(cfg, **{k: None for k, v in fields.items() if v is None})
     gen_dir = work / "generator"
     data = DataConfig(root=data_root / "images", labels=data_root / "labels.csv", size=cfg.image_size)
+    fit_data = data
+    if args.transfer:
+        fit_data, data = (dataclasses.replace(data, root=root, labels=labels)
+                          for root, labels in halves(data_root, work))
     if args.generator:
         gen_dir, fit = Path(args.generator), json.loads((Path(args.generator) / "fit_record.json").read_text())["result"]
     elif args.reuse and (gen_dir / "fit_record.json").is_file():
         fit = json.loads((gen_dir / "fit_record.json").read_text())["result"]
     else:
         shutil.rmtree(gen_dir, ignore_errors=True)
-        full = load_dataset(data)
-        train_idx, _ = split_indices(full.records, 0.2, 0)
+        full = load_dataset(fit_data)
+        train_idx = list(range(len(full))) if args.transfer else split_indices(full.records, 0.2, 0)[0]
         result = fit_generator(full.subset(train_idx), cfg, gen_dir)
         fit = dataclasses.asdict(result)
         fit["out"] = str(fit["out"])
-    record = {"name": name, "fit": {k: v for k, v in fit.items() if k != "history"}, "history": fit.get("history", []),
+    record = {"name": name, "transfer": args.transfer, "fit": {k: v for k, v in fit.items() if k != "history"}, "history": fit.get("history", []),
               "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "command": "python benchmarks/strength.py " + " ".join(sys.argv[1:])}
     if args.fit_only:
@@ -107,6 +115,36 @@ def run_variant(name: str, fields: dict[str, Any], args: argparse.Namespace) -> 
                       protect={"max_linf_255": prot.max_linf_255, "mean_psnr": prot.mean_psnr,
                                "mean_ssim": prot.mean_ssim, "seconds": prot.seconds},
                       verify=rows), Path(args.out_dir) / f"{name}.json")
+
+
+def halves(data_root: Path, work: Path) -> list[tuple[Path, Path]]:
+    """Split the set in two seeded halves, A (fit) and B (protect and verify), each its own folder of
+    images (hard links where possible) and labels CSV, so neither run sees the other half's files."""
+    import csv
+    import hashlib
+
+    with (data_root / "labels.csv").open(newline="") as f:
+        rows = list(csv.reader(f))
+    header, body = rows[0], rows[1:]
+    parts: dict[str, list[list[str]]] = {"A": [], "B": []}
+    for row in body:
+        digest = hashlib.sha256(f"transfer:{row[0]}".encode()).digest()
+        parts["A" if digest[0] < 128 else "B"].append(row)
+    out = []
+    for name, part in parts.items():
+        images = work / f"images-{name}"
+        shutil.rmtree(images, ignore_errors=True)
+        images.mkdir(parents=True)
+        for row in part:
+            try:
+                os.link(data_root / "images" / row[0], images / row[0])
+            except OSError:
+                shutil.copyfile(data_root / "images" / row[0], images / row[0])
+        labels = work / f"labels-{name}.csv"
+        with labels.open("w", newline="") as f:
+            csv.writer(f).writerows([header, *part])
+        out.append((images, labels))
+    return out
 
 
 def _save(record: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -192,6 +230,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--generator", default=None, help="verify this generator folder instead of fitting one")
     parser.add_argument("--reuse", action="store_true", help="reuse a generator this script fitted before")
+    parser.add_argument("--transfer", action="store_true",
+                        help="fit on one seeded half of the set, protect and verify on the other half")
     parser.add_argument("--fit-only", action="store_true", help="fit (and time) the generator, verify nothing")
     parser.add_argument("--jobs", type=int, default=1, help="variants run in parallel processes")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads per variant")

@@ -459,6 +459,9 @@ def _render_protect(report: Any) -> None:
     table.add_row("already done (--resume)", str(report.resumed))
     table.add_row("held out (clean test split)", str(report.held_out))
     table.add_row("failed", str(len(report.failed)))
+    if report.unprotected_tasks:
+        table.add_row("tasks protected", ", ".join(report.protected_tasks))
+        table.add_row("tasks NOT protected", f"[yellow]{', '.join(report.unprotected_tasks)}[/]")
     ok = report.max_linf_255 <= round(report.epsilon_255) or report.format == "jpeg"
     table.add_row("max measured L-inf (files as written)", f"[{'green' if ok else 'red'}]{report.max_linf_255}/255[/] (budget {report.epsilon_255:.4g}/255)")
     table.add_row("mean PSNR / SSIM", f"{report.mean_psnr:.2f} dB / {report.mean_ssim:.4f}")
@@ -556,6 +559,11 @@ def verify(
     render_verify(report)
     if json_file is not None:
         json_file.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    if out is not None:  # `mtlue publish OUT` puts this result in the dataset card
+        try:
+            (out / "verify.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        except OSError as exc:
+            console.print(f"[yellow]could not write {out / 'verify.json'}: {exc}[/]", highlight=False)
     raise typer.Exit(0 if report.effective else 4)
 
 
@@ -655,6 +663,52 @@ def export(
         if push:
             url = push_generator(folder, push, private=private, revision=revision)
             console.print(f"[green]pushed to {push}[/]: {url}")
+
+
+# ----------------------------------------------------------------------------- publish
+
+
+@app.command(epilog=(
+    "Builds the upload folder (--folder, default OUT.hf beside OUT): train/ with the protected files and "
+    "train/metadata.csv (file_name + one column per task), a dataset card README.md, mtlue-manifest.jsonl and "
+    "mtlue-run.json, with no local path of this machine in them; then uploads it as a dataset repo (rerun the same "
+    "command to resume an interrupted upload). The token comes from HF_TOKEN or `hf auth login`. Refused: image "
+    "files the manifest does not list as protected, files with a measured L-inf of 0, failed files (unless "
+    "--allow-failed) and runs that did not finish. `mtlue verify OUT` first puts its result in the card.\n\n"
+    "Examples:\n\n  mtlue publish prot/ --to my-org/faces-protected --license cc-by-nc-4.0 --dry-run\n\n"
+    "  mtlue publish prot/ --to my-org/faces-protected --license cc-by-nc-4.0 --private\n\n"
+    "  mtlue verify prot/ && mtlue publish prot/ --to my-org/faces-protected --license cc-by-4.0 --include-clean-test"
+))
+def publish(
+    out: Annotated[Path, typer.Argument(help="A folder written by `mtlue protect`.", show_default=False)],
+    to: Annotated[Optional[str], typer.Option("--to", help="Hub dataset repo id org/name (optional with --dry-run).")] = None,
+    license_: Annotated[Optional[str], typer.Option("--license", help="Hub licence id for the card, e.g. cc-by-nc-4.0 (default: other, with a warning).")] = None,
+    private: Annotated[bool, typer.Option("--private", help="Create the dataset repo as private.")] = False,
+    revision: Annotated[Optional[str], typer.Option(help="Branch to upload to (created if missing).")] = None,
+    include_clean_test: Annotated[bool, typer.Option("--include-clean-test", help="Add test/: the run's held-out ORIGINALS, unprotected (the card says so).")] = False,
+    allow_failed: Annotated[bool, typer.Option("--allow-failed", help="Publish although some files failed in protect (they are left out and listed).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Build the upload folder and show what would be sent; send nothing.")] = False,
+    folder: Annotated[Optional[Path], typer.Option("--folder", help="Where to build the upload folder (default: OUT.hf beside OUT).")] = None,
+    debug: DebugOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Publish a protected folder as a Hugging Face dataset, with a dataset card that says what was done."""
+    with _errors(debug):
+        from mtlue_cli.publish import PublishConfig, publish_dataset
+
+        cfg = PublishConfig(repo_id=to, license=license_, private=private, revision=revision,
+                            include_clean_test=include_clean_test, allow_failed=allow_failed, dry_run=dry_run)
+        with Renderer(quiet) as render:
+            report = publish_dataset(out, cfg, folder, on_event=render)
+    for failed in report.failed[:50]:
+        console.print(f"[yellow]  left out (failed in protect): {failed.path}: {failed.reason}[/]", highlight=False)
+    console.print(f"{report.train_images} protected images" + (f" + {report.test_images} clean test originals"
+                  if report.test_images else "") + f", {report.files} files, {report.bytes / 1e6:.1f} MB in {report.folder}")
+    console.print(f"card: {report.card} (license: {report.license}, {'verified' if report.verified else 'not verified'})")
+    if report.url is None:
+        console.print("[bold]dry run[/]: nothing was sent" + (f"; to upload: mtlue publish {out} --to {to}" if to else ""))
+    else:
+        console.print(f"[green]published to {report.url}[/]")
 
 
 # ----------------------------------------------------------------------------- demo

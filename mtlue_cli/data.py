@@ -33,6 +33,12 @@ IMAGE_EXTENSIONS = frozenset(
 # UTKFace age bins of the paper (method-spec §7): [0-2], [3-9], [10-19], ..., [60-69], [70+].
 UTK_AGE_EDGES = (3, 10, 20, 30, 40, 50, 60, 70)
 UTK_TASKS = ("age", "race", "gender")  # task order of the official code (§7)
+# Readable names of UTKFace's class indices (its README: gender 0 male; race 0 White .. 4 Others).
+UTK_CLASS_NAMES = {
+    "age": ("0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "70+"),
+    "race": ("white", "black", "asian", "indian", "other"),
+    "gender": ("male", "female"),
+}
 UTK_NAME = re.compile(r"^(\d+)_(\d+)_(\d+)_")
 LABEL_FILE_NAMES = ("labels.csv", "labels.tsv", "metadata.csv")
 MMAP_THRESHOLD_BYTES = 4 << 30

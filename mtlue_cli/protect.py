@@ -80,6 +80,8 @@ class ProtectReport:
     format: str
     preview: Path | None = None
     warnings: list[str] = field(default_factory=list)
+    protected_tasks: list[str] = field(default_factory=list)
+    unprotected_tasks: list[str] = field(default_factory=list)  # the generator's tasks left learnable
 
 
 GENERATOR_DIR = "generator"
@@ -110,22 +112,30 @@ def _output_names(records: list[Record], fmt: str) -> dict[str, str]:
     return {src: (dst if counts[dst.lower()] == 1 else src + ext) for src, dst in names.items()}
 
 
-def _label_remap(table: LabelTable, tasks: dict[str, list[str]]) -> list[np.ndarray]:
-    """Dataset class indices -> generator class indices, by task and class name."""
+def _label_remap(table: LabelTable, tasks: dict[str, list[str]]) -> tuple[list[tuple[int, np.ndarray]], list[str]]:
+    """Dataset class indices -> generator class indices, by task and class name.
+
+    A value that is not one of the generator's class names may be its class index ("1" for the
+    second class), but only where the names themselves are not numbers (else "1" would be ambiguous).
+    Tasks the labels lack are returned as `missing`: they take the generator's label-free mean
+    embedding (method-spec §2.4) and stay unprotected. Returns ([(dataset task, remap)], missing)."""
     missing = [t for t in tasks if t not in table.spec.names]
-    if missing:
-        raise DatasetError(f"the generator protects task(s) {missing} but the labels have {list(table.spec.names)}; "
-                           "use labels with the generator's tasks (see its README.md)")
+    if len(missing) == len(tasks):
+        raise DatasetError(f"the labels have none of the generator's tasks {list(tasks)} (they have "
+                           f"{list(table.spec.names)}); use labels with at least one of them (see its README.md)")
     remap = []
-    for name in tasks:
+    for name in (t for t in tasks if t not in missing):
         k = table.spec.names.index(name)
         vocab = {c: i for i, c in enumerate(tasks[name])}
+        if not any(c.lstrip("-").isdigit() for c in tasks[name]):  # names, not numbers: indices allowed too
+            vocab.update({str(i): i for i in range(len(tasks[name]))})
         unknown = [c for c in table.spec.classes[k] if c not in vocab]
         if unknown:
+            indices = "" if len(vocab) == len(tasks[name]) else f" (or their indices 0-{len(tasks[name]) - 1})"
             raise DatasetError(f"task {name!r} has value(s) {unknown} that the generator never saw; its vocabulary "
-                               f"is {tasks[name]}. Fit a generator on these labels or fix them")
+                               f"is {tasks[name]}{indices}. Fit a generator on these labels or fix them")
         remap.append((k, np.array([vocab[c] for c in table.spec.classes[k]])))
-    return remap  # type: ignore[return-value]
+    return remap, missing
 
 
 def _metadata_kwargs(decoded: Decoded, cfg: ProtectConfig, fmt: str) -> dict[str, Any]:
@@ -264,8 +274,15 @@ def protect_dataset(loaded: LoadedGenerator, data: DataConfig, out: Path, cfg: P
     model = model.to(device).eval()
     tasks, size, epsilon = model.tasks, model.image_size, float(model.epsilon)
     table = read_labels(data)
-    remap = _label_remap(table, tasks)
+    remap, missing = _label_remap(table, tasks)
+    protected_tasks = [t for t in tasks if t not in missing and t not in model.unprotected]
+    if not protected_tasks:
+        raise ConfigError(f"the labels' tasks {[t for t in tasks if t not in missing]} are ones this generator leaves "
+                          "unprotected: nothing would be protected")
     warnings: list[str] = []
+    if missing:
+        warnings.append(f"your labels lack task(s) {missing}: they are NOT protected (the generator uses its "
+                        f"label-free mean for them); protected: {protected_tasks}")
     if cfg.format == "jpeg":
         warnings.append(f"JPEG output (quality {cfg.quality}) is lossy: re-compression weakens the protection "
                         "(ISS JPEG-10 restores most accuracy). The measured L-inf below shows what is left.")
@@ -352,9 +369,11 @@ def protect_dataset(loaded: LoadedGenerator, data: DataConfig, out: Path, cfg: P
                 mode = "L" if model.in_channels == 1 else "RGB"
                 x = torch.stack([torch.from_numpy(np.asarray(to_working(d.image, size).convert(mode)).copy()) for _, d in good])
                 x = (x[..., None] if x.ndim == 3 else x).permute(0, 3, 1, 2).contiguous()  # NCHW: the fast conv path
-                y = torch.tensor([[int(m[r.labels[k]]) for k, m in remap] for r, _ in good], dtype=torch.long)
+                y = torch.zeros((len(good), len(tasks)), dtype=torch.long)  # missing tasks: any index, unused
+                for j, (k, m) in zip((i for i, t in enumerate(tasks) if t not in missing), remap):
+                    y[:, j] = torch.tensor([int(m[r.labels[k]]) for r, _ in good])
                 with torch.inference_mode(), autocast(device, cfg.amp):
-                    deltas = model(x.to(device).float().div_(255), y.to(device)).float().cpu()  # (B,C,S,S)
+                    deltas = model(x.to(device).float().div_(255), y.to(device), protect=protected_tasks).float().cpu()
                 for (r, d), delta in zip(good, deltas):
                     if len(preview) < cfg.preview:
                         preview.append((d, np.asarray(to_working(d.image, size)), delta))
@@ -384,7 +403,8 @@ def protect_dataset(loaded: LoadedGenerator, data: DataConfig, out: Path, cfg: P
         mean_psnr=float(np.mean(finite_psnr)) if finite_psnr else float("inf"),
         mean_ssim=float(np.mean([r.ssim for r in ok if r.ssim is not None])) if ok else float("nan"),
         seconds=seconds, images_per_second=written / seconds if seconds else 0.0, format=cfg.format,
-        preview=preview_path, warnings=warnings,
+        preview=preview_path, warnings=warnings, protected_tasks=protected_tasks,
+        unprotected_tasks=[t for t in tasks if t not in protected_tasks],
     )
     run = {
         "tool": "mtlue", "version": __version__, "torch": torch.__version__, "python": platform.python_version(),

@@ -90,7 +90,7 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
     import torch
 
     from mtlue_cli.classifiers import MTLClassifier
-    from mtlue_cli.defenses import parse_defense
+    from mtlue_cli.defenses import applies_at_test, parse_defense
     from mtlue_cli.engine import ClassifierTrainer, evaluate, resolve_device, seed_everything, train_classifier
 
     on_event = on_event or noop
@@ -172,13 +172,15 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
     log(on_event, f"victim {cfg.victim} ({cfg.victim_stem} stem), {cfg.epochs} epochs at {res} px (crop {crop}), "
         f"{len(prot_set)} protected / {len(clean_train)} clean training images, {len(test_set)} clean test images")
 
-    def run(images: Any, labels: Any, name: str, task_weights: Any = None) -> tuple[list[float], list[float], list[float]]:
+    def run(images: Any, labels: Any, name: str, task_weights: Any = None,
+            test_images: Any = None) -> tuple[list[float], list[float], list[float]]:
         gen = seed_everything(cfg.seed)  # the same init and batch order for every victim
         model = MTLClassifier(nc, arch=cfg.victim, stem=cfg.victim_stem, image_size=crop)
         trainer = ClassifierTrainer(model, nc, lr=cfg.lr, weight_decay=cfg.weight_decay, milestones=milestones,
                                     weighting=cfg.weighting, device=device, amp=cfg.amp, task_weights=task_weights)
         result = train_classifier(trainer, images, labels, epochs=cfg.epochs, batch_size=cfg.batch_size, crop=crop,
-                                  gen=gen, adv_train=cfg.adv_train, evaluate_on=(test_set.images, test_labels), metric=cfg.metric,
+                                  gen=gen, adv_train=cfg.adv_train, metric=cfg.metric,
+                                  evaluate_on=(test_set.images if test_images is None else test_images, test_labels),
                                   on_event=on_event, stage=name, description=name)
         # §14.2: the last epoch is the reported figure; the best epoch is shown beside it (a poison
         # that only delays learning shows up there).
@@ -201,7 +203,10 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
     for defense in defenses:
         transform = transforms[defense]
         images = prot_set.images if transform is None else transform(prot_set.images)
-        acc, best, train_acc = run(images, prot_labels, f"protected victim ({defense})")
+        # A preprocessing defence (grayscale, blur, ...) is the attacker's deployed pipeline too: its victim
+        # is tested on clean test images put through it (ISS; JPEG and bit depth train-only).
+        test_images = transform(test_set.images) if transform is not None and applies_at_test(defense) else None
+        acc, best, train_acc = run(images, prot_labels, f"protected victim ({defense})", test_images=test_images)
         for k, row in enumerate(rows):
             row.by_defense[defense] = acc[k]
             if defense == "none":

@@ -90,6 +90,32 @@ def test_defenses_change_pixels_as_specified():
         parse_defense("blur")
 
 
+def test_filter_defenses_remove_fine_detail_and_apply_at_test():
+    from mtlue_cli.defenses import applies_at_test
+
+    # The finest +-8/255 patterns on grey: a one-pixel checkerboard (blur and down-up resize flatten it)
+    # and isolated spikes (a median removes them).
+    ii, jj = torch.arange(16)[:, None], torch.arange(16)[None]
+    checker = ((ii + jj) % 2 * 16 + 120).to(torch.uint8).expand(2, 3, 16, 16).contiguous()
+    spikes = (((ii % 3 == 0) & (jj % 3 == 0)) * 16 + 128).to(torch.uint8).expand(2, 3, 16, 16).contiguous()
+    for name, images in (("blur1", checker), ("resize2", checker), ("median3", spikes), ("blur1", spikes)):
+        out = parse_defense(name)(images)
+        assert out.shape == images.shape and out.dtype == torch.uint8
+        before, after = images[..., 2:-2, 2:-2].float(), out[..., 2:-2, 2:-2].float()
+        assert after.std() < 0.4 * before.std(), name
+        assert abs(after.mean() - before.mean()) <= 2, name  # the mean tone kept
+    assert parse_defense("median3")(spikes)[..., 2:-2, 2:-2].unique().tolist() == [128]
+    # median keeps an edge a blur would smear
+    edge = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
+    edge[..., 4:] = 200
+    assert torch.equal(parse_defense("median3")(edge), edge)
+    for bad in ("median4", "resize1", "blur0", "blur9"):
+        with pytest.raises(ConfigError):
+            parse_defense(bad)
+    assert [applies_at_test(n) for n in ("grayscale", "blur1", "median3", "resize2", "jpeg10", "bdr2", "none")] == [
+        True, True, True, True, False, False, False]
+
+
 def test_roc_auc_hand_computed():
     from mtlue_cli.metrics import roc_auc
 

@@ -266,6 +266,58 @@ def test_unknown_label_value_names_vocabulary(tmp_path: Path, loaded) -> None:
     assert "['a', 'b', 'c']" in message
 
 
+def test_class_indices_accepted_for_named_vocabulary(tmp_path: Path, loaded) -> None:
+    # "2" is the index of "c" and "0" of "s": the same deltas as the names themselves.
+    files = [("a.png", (16, 16), "RGB", "c", "s"), ("b.png", (16, 16), "RGB", "a", "l")]
+    by_name = run(loaded, *make_dataset(tmp_path, files), tmp_path / "names")
+    root, labels = make_dataset(tmp_path, [("a.png", (16, 16), "RGB", "2", "0"), ("b.png", (16, 16), "RGB", "0", "1")], "idx")
+    by_index = run(loaded, root, labels, tmp_path / "indices")
+    assert by_name.written == by_index.written == 2
+    for name in ("a.png", "b.png"):
+        assert _sha(tmp_path / "names" / name) == _sha(tmp_path / "indices" / name)
+    root, labels = make_dataset(tmp_path, [("a.png", (16, 16), "RGB", "3", "s"), ("b.png", (16, 16), "RGB", "a", "l")], "bad")
+    with pytest.raises(DatasetError, match=r"\['3'\].*\['a', 'b', 'c'\] \(or their indices 0-2\)"):
+        run(loaded, root, labels, tmp_path / "bad-out")
+
+
+def test_numeric_vocabulary_takes_no_indices(tmp_path: Path) -> None:
+    # Classes named "1" and "2": a "0" is not silently read as index 0.
+    folder = tmp_path / "gen"
+    save_generator(PerturbationGenerator(tasks={"grade": ["1", "2"]}, image_size=16), folder, method="tap")
+    root = tmp_path / "data"
+    root.mkdir()
+    _noise((16, 16), "RGB", 0).save(root / "a.png")
+    _noise((16, 16), "RGB", 1).save(root / "b.png")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,grade\na.png,0\nb.png,1\n")
+    with pytest.raises(DatasetError, match=r"\['0'\].*\['1', '2'\]\. Fit"):
+        run(load_generator(str(folder)), root, labels, tmp_path / "out")
+
+
+def test_partial_labels_leave_missing_tasks_unprotected(tmp_path: Path, loaded) -> None:
+    files = [("a.png", (16, 16), "RGB", "c", "s"), ("b.png", (16, 16), "RGB", "a", "l")]
+    root, labels = make_dataset(tmp_path, files)
+    only_shape = tmp_path / "shape-only.csv"
+    only_shape.write_text("path,shape\na.png,c\nb.png,a\n")
+    report = run(loaded, root, only_shape, tmp_path / "out")
+    assert report.written == 2 and report.protected_tasks == ["shape"] and report.unprotected_tasks == ["size"]
+    assert any("lack task(s) ['size']" in w and "NOT protected" in w for w in report.warnings)
+    # The delta is the generator's with the label-free mean embedding for `size` (method-spec §2.4).
+    x = torch.from_numpy(np.asarray(_noise((16, 16), "RGB", 7))).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        expected = loaded.model(x, torch.tensor([[2, 0]]), protect=["shape"])[0]
+        both = loaded.model(x, torch.tensor([[2, 0]]))[0]
+    written = torch.from_numpy(np.asarray(Image.open(tmp_path / "out" / "a.png"))).permute(2, 0, 1).float()
+    inside = (x[0] > 9 / 255) & (x[0] < 246 / 255)  # pixels the uint8 range did not clip
+    delta = (written / 255 - x[0])[inside]
+    assert torch.allclose(delta, expected[inside], atol=0.51 / 255)
+    assert not torch.allclose(delta, both[inside], atol=0.51 / 255)
+    none = tmp_path / "none.csv"
+    none.write_text("path,colour\na.png,red\nb.png,blue\n")
+    with pytest.raises(DatasetError, match="none of the generator's tasks"):
+        run(loaded, root, none, tmp_path / "out2")
+
+
 # ----------------------------------------------------------------------------- records
 
 

@@ -1,0 +1,583 @@
+"""`publish_dataset`: turn a folder written by `mtlue protect` into a Hugging Face dataset and upload it.
+
+The upload folder is what `datasets.load_dataset("imagefolder", data_dir=...)` reads as it is:
+train/ (the protected files, tree mirrored) with train/metadata.csv (`file_name` + one column per task,
+classes as the owner wrote them), an optional clean test/ split, a dataset card and a copy of the
+manifest. Anything that could put an unprotected original online by accident is refused, and no path
+of the owner's machine goes into a written file.
+"""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import io
+import json
+import math
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from mtlue_cli.errors import ConfigError, FileProblem, MtlueError
+from mtlue_cli.events import OnEvent, log, noop
+from mtlue_cli.protect import LABELS, MANIFEST, RUN, XMP_NO_AI
+
+CARD, METADATA = "README.md", "metadata.csv"
+MANIFEST_COPY, RUN_COPY, VERIFY_COPY, VERIFY = "mtlue-manifest.jsonl", "mtlue-run.json", "mtlue-verify.json", "verify.json"
+RESERVED_COLUMNS = ("file_name", "image")  # imagefolder's own columns
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+SHOWN = 5  # file names quoted in one error line
+
+
+class PublishRefused(MtlueError):
+    """The folder is not safe or not complete enough to publish. `problems` lists the files."""
+
+    def __init__(self, message: str, problems: list[FileProblem] | None = None) -> None:
+        self.problems = problems or []
+        super().__init__(message)
+
+
+class PublishError(MtlueError):
+    """The Hub refused or could not be reached."""
+
+
+@dataclass(frozen=True)
+class PublishConfig:
+    repo_id: str | None = None  # org/name; None only for a dry run
+    license: str | None = None  # a Hub licence id; None writes "other" and warns
+    private: bool = False
+    revision: str | None = None  # branch to upload to (created if missing)
+    include_clean_test: bool = False  # test/ = the run's held-out ORIGINALS, unprotected
+    allow_failed: bool = False  # publish although some files failed (they are left out and listed)
+    dry_run: bool = False
+
+
+@dataclass
+class PublishReport:
+    out: Path
+    folder: Path  # the upload folder, exactly as sent
+    repo_id: str | None
+    train_images: int
+    test_images: int
+    files: int
+    bytes: int
+    card: Path
+    license: str
+    verified: bool
+    failed: list[FileProblem] = field(default_factory=list)  # left out (--allow-failed)
+    warnings: list[str] = field(default_factory=list)
+    url: str | None = None  # None for a dry run
+
+
+def default_folder(out: Path) -> Path:
+    """OUT.hf beside OUT (like OUT.preview.png): kept, so a rerun resumes an interrupted upload."""
+    resolved = Path(out).resolve()
+    return resolved.with_name(resolved.name + ".hf")
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+@dataclass
+class _Checked:
+    run: dict[str, Any]
+    tasks: list[str]
+    rows: list[list[str]]  # labels.csv rows: output path, then one class per task
+    entries: dict[str, dict[str, Any]]  # output path -> its manifest entry
+    failed: list[FileProblem]
+
+
+def _refuse(what: str, problems: list[FileProblem], todo: str) -> PublishRefused:
+    names = ", ".join(p.path for p in problems[:SHOWN]) + (" ..." if len(problems) > SHOWN else "")
+    return PublishRefused(f"{len(problems)} file(s) {what} (e.g. {names}); {todo}", problems)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def check_folder(out: Path, allow_failed: bool = False, on_event: OnEvent | None = None) -> _Checked:
+    """Everything `publish` refuses, before anything is written. Raises PublishRefused."""
+    from mtlue_cli.data import scan_images, safe_path
+    from mtlue_cli.hub import file_sha256
+
+    on_event = on_event or noop
+    out = Path(out)
+    if not out.is_dir():
+        raise ConfigError(f"{out}: no such folder; give the folder `mtlue protect` wrote")
+    if not (out / MANIFEST).is_file() or not (out / LABELS).is_file():
+        raise PublishRefused(f"{out} has no {MANIFEST} or {LABELS}: it is not a folder written by `mtlue protect`")
+    run = _read_json(out / RUN)
+    if run is None:  # protect writes run.json last: without it the run did not finish
+        raise PublishRefused(f"{out} has no readable {RUN}: the protect run did not finish. Rerun the same "
+                             "`mtlue protect ... --resume` to the end, then publish")
+    lines: list[dict[str, Any]] = []
+    for line in (out / MANIFEST).read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a crash; its file was redone or is caught below
+        if isinstance(entry, dict) and entry.get("source"):
+            lines.append(entry)
+    written = {e["output"]: e for e in lines if e.get("status") in ("ok", "resumed") and e.get("output")}  # last wins
+    with (out / LABELS).open(newline="", encoding="utf-8") as fh:
+        table = list(csv.reader(fh))
+    if not table or not table[0] or len(table[0]) < 2:
+        raise PublishRefused(f"{out / LABELS} has no tasks; protect again")
+    tasks, rows = table[0][1:], [r for r in table[1:] if r]
+    clash = [t for t in tasks if t in RESERVED_COLUMNS]
+    if clash:
+        raise PublishRefused(f"task column(s) {clash} clash with the dataset's own columns {list(RESERVED_COLUMNS)}; "
+                             "rename them in your labels and protect again")
+    listed = {r[0] for r in rows}
+
+    # Every image in the folder must be one protect wrote and listed; nothing else is sent, but an extra
+    # image is a sign of a mixed-up folder (or an original copied in).
+    extra = [p for p in scan_images(out) if p not in listed]
+    late = [p for p in extra if p in written]
+    if late:
+        raise _refuse("were written by a protect run that did not finish (in the manifest, not in labels.csv)",
+                      [FileProblem(p, "written by an unfinished run") for p in late],
+                      "rerun the same `mtlue protect ... --resume` to the end, then publish")
+    if extra:
+        raise _refuse("in the folder are not in its manifest as protected", [FileProblem(p, "not written by protect")
+                      for p in extra], "move them out (an original must never be published by accident)")
+    summary = run.get("summary") or {}
+    expected = summary.get("written", 0) + summary.get("resumed", 0) if summary else None
+    if expected is not None and expected != len(rows):
+        raise PublishRefused(f"{LABELS} lists {len(rows)} files but {RUN} recorded {expected}: the folder changed after "
+                             "the run or a later run did not finish; rerun `mtlue protect ... --resume` to the end")
+
+    missing, unlisted, zero, changed = [], [], [], []
+    on_event("start", {"stage": "check", "total": len(rows), "description": "Checking"})
+    for i, row in enumerate(rows, 1):
+        path = row[0]
+        entry = written.get(path)
+        try:
+            full = safe_path(out, path)
+        except FileProblem as problem:
+            raise PublishRefused(f"{LABELS}: {problem}") from None
+        if not full.is_file():
+            missing.append(FileProblem(path, "listed in labels.csv but missing"))
+        elif entry is None:
+            unlisted.append(FileProblem(path, "not in the manifest as ok or resumed"))
+        elif not entry.get("linf_255"):  # 0 or missing: identical to the original, or never measured
+            zero.append(FileProblem(path, f"measured L-inf {entry.get('linf_255')}: not protected"))
+        elif entry.get("sha256_out") != file_sha256(full):
+            changed.append(FileProblem(path, "changed after protect wrote it (sha256 differs from the manifest)"))
+        on_event("progress", {"stage": "check", "done": i})
+    on_event("end", {"stage": "check"})
+    if missing:
+        raise _refuse("listed in labels.csv are missing", missing, "rerun `mtlue protect ... --resume`")
+    if unlisted:
+        raise _refuse("are not in the manifest as protected", unlisted, "rerun `mtlue protect ... --resume` to the end")
+    if zero:
+        raise _refuse("have a measured L-inf of 0 or none: they may be unprotected originals", zero,
+                      "protect them again (`mtlue protect ... --overwrite`) before publishing")
+    if changed:
+        raise _refuse("were changed after `mtlue protect` wrote them", changed,
+                      "protect again (`--overwrite`) so that the manifest measures what is published")
+    sources = {written[r[0]]["source"] for r in rows}
+    leaked = [FileProblem(p, "held out, but its protected copy is in the folder") for p in run.get("held_out") or []
+              if p in sources]
+    if leaked:
+        raise _refuse("are both in the clean held-out split and protected", leaked,
+                      "protect again with `--overwrite` so that the split and the folder agree")
+    failed_sources = {e["source"]: e for e in lines if e.get("status") == "failed" and e["source"] not in sources}
+    failed = [FileProblem(s, e.get("reason") or "failed") for s, e in sorted(failed_sources.items())]
+    if failed and not allow_failed:
+        raise _refuse("failed in `mtlue protect`", failed, "fix them and rerun `mtlue protect ... --resume`, or pass "
+                      "--allow-failed to publish the others (the failed ones are then listed in the card)")
+    return _Checked(run, tasks, rows, {r[0]: written[r[0]] for r in rows}, failed)
+
+
+# ----------------------------------------------------------------------------- local paths
+
+
+class _Scrubber:
+    """Replaces the owner's local paths in text we write, and finds any that slipped through."""
+
+    def __init__(self, paths: list[str]) -> None:
+        keep = sorted({p.rstrip("/") for p in paths if p and os.path.isabs(p) and len(PurePosixPath(p).parts) > 1},
+                      key=len, reverse=True)
+        self.pattern = re.compile("|".join(rf"(?<![\w.-]){re.escape(p)}(?![\w.-])" for p in keep)) if keep else None
+
+    def __call__(self, text: str) -> str:
+        return self.pattern.sub("<local path>", text) if self.pattern else text
+
+    def found(self, text: str) -> bool:
+        return bool(self.pattern and self.pattern.search(text))
+
+
+def _local_paths(out: Path, folder: Path, run: dict[str, Any]) -> list[str]:
+    data = run.get("data") or {}
+    generator = run.get("generator") or {}
+    raw = [str(out), str(folder), run.get("input_root"), run.get("labels_file"), data.get("partition"),
+           generator.get("spec") if generator.get("source") == "local" else None, str(Path.home())]
+    paths = {str(Path(p).resolve()) for p in raw if p} | {str(Path(p).absolute()) for p in raw if p}
+    paths |= {str(Path(p).resolve().parent) for p in raw[2:4] if p}  # the labels' and images' folders
+    roots = [str(Path(p).resolve()) for p in (out, run.get("input_root")) if p]
+    try:
+        paths.add(os.path.commonpath(roots))
+    except ValueError:
+        pass
+    return sorted(paths)
+
+
+# ----------------------------------------------------------------------------- the dataset card
+
+
+def _size_category(n: int) -> str:
+    for limit, name in ((10**3, "n<1K"), (10**4, "1K<n<10K"), (10**5, "10K<n<100K"), (10**6, "100K<n<1M")):
+        if n < limit:
+            return name
+    return "1M<n<10M" if n < 10**7 else "10M<n<100M"
+
+
+def _generator_line(gen: dict[str, Any]) -> str:
+    where = {"hub": f"`{gen.get('spec')}` on the Hugging Face Hub", "alias": f"pretrained alias `{gen.get('spec')}`"}
+    text = where.get(gen.get("source") or "", "a local generator folder (not published with this dataset)")
+    return (f"{text}, revision `{gen.get('revision') or '-'}`, weights sha256 `{gen.get('sha256') or '-'}`, "
+            f"base method {str(gen.get('method') or 'unknown').upper()}, working size {gen.get('image_size')} px")
+
+
+def _verify_section(verify: dict[str, Any] | None) -> list[str]:
+    if verify is None:
+        return ["Not verified. The owner can measure the protection with `mtlue verify OUT` on the folder `mtlue protect` "
+                "wrote (it saves OUT/verify.json), then publish again: the result then appears here."]
+    extra = [d for d in verify.get("defenses", []) if d != "none"]
+    recipe = verify.get("recipe") or {}
+    lines = [f"`mtlue verify` trained the same victim ({recipe.get('victim', '?')}, {recipe.get('epochs', '?')} epochs at "
+             f"{recipe.get('res', '?')} px) once on the originals and once on these protected files, and tested both on "
+             f"{verify.get('test_images', '?')} clean images neither had seen ({recipe.get('metric', 'acc')}, lower is "
+             "better for the owner):", "",
+             "| task | majority class | trained on originals | trained on protected | "
+             + "".join(f"protected, after {d} | " for d in extra),
+             "|---|---|---|---|" + "---|" * len(extra)]
+    for row in verify.get("tasks", []):
+        by = row.get("by_defense") or {}
+        lines.append(f"| {row['task']} | {row['majority']:.1%} | {row['clean_acc']:.1%} | {row['protected_acc']:.1%} | "
+                     + "".join(f"{by[d]:.1%} | " if d in by else "- | " for d in extra))
+    threshold = verify.get("threshold", 5)
+    if verify.get("effective"):
+        lines += ["", f"Verdict: **effective**: every task within {threshold:g} points of the majority class"
+                  + (f", also after {', '.join(extra)}." if extra else ".")]
+    else:
+        broken = "; ".join(f"{', '.join(t)} " + ("with no defence" if d == "none" else f"after {d}")
+                           for d, t in (verify.get("broken_by") or {}).items())
+        lines += ["", f"Verdict: **not effective**: above the majority class + {threshold:g} points for {broken or '?'}."]
+    return lines
+
+
+def dataset_card(run: dict[str, Any], tasks: list[str], rows: list[list[str]], entries: dict[str, dict[str, Any]],
+                 test_rows: list[list[str]], verify: dict[str, Any] | None, license: str, repo_id: str | None,
+                 failed: list[FileProblem]) -> str:
+    """README.md for the dataset repo: front matter for the Hub, then plain words for downloaders."""
+    gen = run.get("generator") or {}
+    method = str(gen.get("method") or "unknown")
+    eps = float(run.get("epsilon") or 0)
+    linfs = [int(e["linf_255"]) for e in entries.values()]
+    psnrs = [e["psnr"] for e in entries.values() if isinstance(e.get("psnr"), (int, float)) and math.isfinite(e["psnr"])]
+    ssims = [e["ssim"] for e in entries.values() if isinstance(e.get("ssim"), (int, float))]
+    config = run.get("config") or {}
+    tagged = str(config.get("tag_no_ai")).lower() == "true"
+    summary = run.get("summary") or {}
+    splits = [{"split": "train", "path": "train/**"}] + ([{"split": "test", "path": "test/**"}] if test_rows else [])
+    name = repo_id.split("/")[-1] if repo_id else "MTL-UE protected image dataset"
+    front = {
+        "license": license, "pretty_name": name, "task_categories": ["image-classification"],
+        "tags": ["unlearnable-examples", "mtl-ue", "data-protection", "mtlue", f"mtl-ue-{method}"],
+        "size_categories": [_size_category(len(rows) + len(test_rows))],
+        "configs": [{"config_name": "default", "data_files": splits}],
+    }
+    lines = ["---"] + [f"{k}: {json.dumps(v)}" for k, v in front.items()] + ["---", "", f"# {name}", "",
+        "**These images are protected against training.** Each one carries a small perturbation (at most "
+        f"{eps * 255:.4g}/255 per pixel value) keyed to its labels, made with "
+        "[mtlue](https://github.com/mtlue/mtlue) (MTL-UE, Yu et al., ICML 2025, "
+        "[arXiv 2505.05279](https://arxiv.org/abs/2505.05279)). People see the same pictures; a model trained on them "
+        "learns the perturbation as a shortcut instead of the real features, and does poorly on real images.", ""]
+    if tagged:
+        lines += ["Each protected file also carries the IPTC/PLUS XMP field `DataMining: DMI-PROHIBITED-AIMLTRAINING`: "
+                  "the owner prohibits AI/ML training on it.", ""]
+    lines += ["## Contents", "",
+              f"- `train/`: {len(rows)} protected images ({config.get('format', 'png')}) and `train/metadata.csv` with "
+              f"`file_name` and one column per task, classes as the owner wrote them:"]
+    for k, task in enumerate(tasks):
+        counts: dict[str, int] = {}
+        for row in rows:
+            counts[row[k + 1]] = counts.get(row[k + 1], 0) + 1
+        lines.append(f"  - `{task}`: " + ", ".join(f"`{c}` ({n})" for c, n in sorted(counts.items())))
+    if test_rows:
+        lines.append(f"- `test/`: {len(test_rows)} **unprotected original images** the owner held out as a clean test "
+                     "split (decoded upright, saved as lossless PNG without metadata). They are NOT protected.")
+    lines += [f"- `{MANIFEST_COPY}`: one line per image: source name, measured L-inf, PSNR, SSIM, sha256 of the "
+              "original and of the protected file.", f"- `{RUN_COPY}`: the settings of the protect run."]
+    if verify is not None:
+        lines.append(f"- `{VERIFY_COPY}`: the full `mtlue verify` report.")
+    if failed:
+        lines.append(f"- {len(failed)} image(s) failed in protect and are not included (status `failed` in the manifest).")
+    lines += ["", "```python", "from datasets import load_dataset", "",
+              f"ds = load_dataset({json.dumps(repo_id or 'ORG/NAME')})", "```", "",
+              "Class columns whose values all look like numbers load as integers.", "",
+              "## How it was protected", "",
+              f"- Tool: mtlue {run.get('version', '?')}",
+              f"- Generator: {_generator_line(gen)}",
+              f"- Budget ε (L-inf): {eps * 255:.4g}/255 ({eps:.6f})",
+              f"- Measured on the files as written: max |δ| {max(linfs)}/255, smallest per-file max |δ| {min(linfs)}/255 "
+              "(no file is unchanged)",
+              f"- Mean PSNR {sum(psnrs) / len(psnrs):.2f} dB, mean SSIM {sum(ssims) / len(ssims):.4f}"
+              if psnrs and ssims else "- PSNR / SSIM: not recorded",
+              f"- Images: {len(rows)} protected" + (f", {summary.get('held_out')} held out" if summary.get("held_out") else ""),
+              f"- No-AI tag (`--tag-no-ai`): {'yes' if tagged else 'no'}"]
+    if summary.get("unprotected_tasks"):
+        lines.append(f"- Tasks NOT protected (left learnable): {', '.join(summary['unprotected_tasks'])}")
+    lines += ["", "## Measured protection", "", *_verify_section(verify), "",
+              "## Limits", "",
+              "- Protection is measured, not guaranteed. Known to weaken it: JPEG re-compression, bit-depth reduction, "
+              "adversarial training, diffusion purification, and mixing in clean copies of the same images.",
+              "- The perturbation is keyed to the labels: it protects these images with these labels.", ""]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8", newline="\n")
+
+
+def _metadata(rows: list[list[str]], tasks: list[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["file_name", *tasks])
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link costs no space and keeps the mtime (an interrupted upload resumes); else a copy."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _clean_test(run: dict[str, Any], tasks: list[str], folder: Path, on_event: OnEvent) -> list[list[str]]:
+    """test/: the held-out originals, decoded upright as `protect` sees them and saved as lossless PNG with
+    no metadata (EXIF, GPS), labels from the original labels file. These images are NOT protected."""
+    from PIL import PngImagePlugin
+
+    from mtlue_cli.config import DataConfig
+    from mtlue_cli.data import open_image, read_labels
+
+    held = list(run.get("held_out") or [])
+    if not held:
+        raise ConfigError("--include-clean-test: the run held nothing out (protect without --holdout)")
+    data = run.get("data") or {}
+    if not run.get("input_root") or not Path(run["input_root"]).is_dir():
+        raise ConfigError(f"--include-clean-test needs the originals, recorded at {run.get('input_root')!r}, which is not "
+                          "a folder here; run publish where the originals are")
+    cfg = DataConfig(root=Path(run["input_root"]), labels=Path(run["labels_file"]) if run.get("labels_file") else None,
+                     layout=run.get("layout") or "auto", path_column=data.get("path_column"),
+                     tasks=tuple(data["tasks"]) if data.get("tasks") else None,
+                     partition=Path(data["partition"]) if data.get("partition") else None, split=data.get("split") or "train")
+    table = read_labels(cfg)
+    if list(table.spec.names) != tasks:
+        raise ConfigError(f"the original labels now have tasks {list(table.spec.names)}, the protected ones {tasks}; "
+                          "the labels changed after protect")
+    by_path = {r.path: r for r in table.records}
+    lost = [p for p in held if p not in by_path]
+    if lost:
+        raise _refuse("held out by protect have no label row in the original labels any more",
+                      [FileProblem(p, "no label row") for p in lost], "restore the labels protect used")
+    names = {p: str(PurePosixPath(p).with_suffix(".png")) for p in held}
+    counts: dict[str, int] = {}
+    for name in names.values():
+        counts[name.lower()] = counts.get(name.lower(), 0) + 1
+    names = {p: (n if counts[n.lower()] == 1 else p + ".png") for p, n in names.items()}
+    tag = run.get("config", {}).get("tag_no_ai") in (True, "True", "true")
+    rows = []
+    on_event("start", {"stage": "test", "total": len(held), "description": "Clean test split"})
+    for i, path in enumerate(sorted(held), 1):
+        try:
+            decoded = open_image(cfg.root / path)
+        except FileProblem as problem:
+            raise PublishRefused(f"held-out original {path}: {problem.reason}") from None
+        image = decoded.image
+        if decoded.alpha is not None:
+            image = image.copy()
+            image.putalpha(decoded.alpha)
+        meta: dict[str, Any] = {}
+        if tag:
+            meta["pnginfo"] = PngImagePlugin.PngInfo()
+            meta["pnginfo"].add_itxt("XML:com.adobe.xmp", XMP_NO_AI)
+        target = folder / "test" / names[path]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        image.save(target, "PNG", **meta)
+        record = by_path[path]
+        rows.append([names[path], *(table.spec.classes[k][v] for k, v in enumerate(record.labels))])
+        on_event("progress", {"stage": "test", "done": i})
+    on_event("end", {"stage": "test"})
+    return rows
+
+
+def _prepare_folder(folder: Path, out: Path, run: dict[str, Any]) -> None:
+    """An empty folder, or one publish built before (rebuilt; .cache/ kept: the Hub client's resume state)."""
+    resolved, o = folder.resolve(), out.resolve()
+    inputs = [Path(run["input_root"]).resolve()] if run.get("input_root") else []
+    for other in (o, *inputs):
+        if resolved == other or resolved.is_relative_to(other) or other.is_relative_to(resolved):
+            raise ConfigError(f"--folder {folder} overlaps {other}; choose a separate folder")
+    if folder.exists():
+        if not folder.is_dir():
+            raise ConfigError(f"--folder {folder} is a file")
+        entries = [p for p in folder.iterdir() if p.name != ".cache"]
+        ours = (folder / MANIFEST_COPY).is_file() and (folder / CARD).is_file()
+        if entries and not ours:
+            raise ConfigError(f"--folder {folder} is not empty and was not written by `mtlue publish`; choose another")
+        for p in entries:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+
+
+def _public_run(run: dict[str, Any], scrub: _Scrubber, include_test: bool) -> dict[str, Any]:
+    """run.json without the owner's paths (input root, labels file, local generator folder)."""
+    public = {k: v for k, v in run.items() if k not in ("input_root", "labels_file", "data", "device")}
+    generator = dict(run.get("generator") or {})
+    if generator.get("source") == "local":
+        generator["spec"] = "local folder"
+    public["generator"] = generator
+    if not include_test:
+        public.pop("held_out", None)  # names of files that are not published
+    return json.loads(scrub(json.dumps(public)))
+
+
+def _public_entry(entry: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+    public = {k: v for k, v in entry.items() if not (k == "reason" and not v)}
+    source = str(entry.get("source", ""))
+    root = run.get("input_root")
+    if os.path.isabs(source):
+        relative = root and Path(source).is_relative_to(root)
+        public["source"] = Path(source).relative_to(root).as_posix() if relative else Path(source).name
+    return public
+
+
+def build_folder(out: Path, folder: Path, cfg: PublishConfig, on_event: OnEvent | None = None) -> PublishReport:
+    """Check OUT and write the exact upload folder (train/, test/, README.md, manifest copy) into `folder`."""
+    on_event = on_event or noop
+    out, folder = Path(out), Path(folder)
+    checked = check_folder(out, cfg.allow_failed, on_event)
+    run = checked.run
+    warnings: list[str] = []
+    if not cfg.license:
+        warnings.append("no --license: the card says `license: other`; pass a Hub licence id such as cc-by-nc-4.0")
+    if checked.failed:
+        warnings.append(f"{len(checked.failed)} file(s) failed in protect and are left out (listed in the card)")
+    _prepare_folder(folder, out, run)
+    scrub = _Scrubber(_local_paths(out, folder, run))
+
+    on_event("start", {"stage": "copy", "total": len(checked.rows), "description": "Building"})
+    for i, row in enumerate(checked.rows, 1):
+        _link_or_copy(out / row[0], folder / "train" / row[0])
+        on_event("progress", {"stage": "copy", "done": i})
+    on_event("end", {"stage": "copy"})
+    _write(folder / "train" / METADATA, _metadata(checked.rows, checked.tasks))
+    test_rows: list[list[str]] = []
+    if cfg.include_clean_test:
+        test_rows = _clean_test(run, checked.tasks, folder, on_event)
+        _write(folder / "test" / METADATA, _metadata(test_rows, checked.tasks))
+        warnings.append(f"test/ holds {len(test_rows)} UNPROTECTED originals (the held-out split); the card says so")
+
+    entries = [_public_entry(checked.entries[r[0]], run) for r in checked.rows]
+    entries += [{"source": p.path, "output": None, "status": "failed", "reason": p.reason} for p in checked.failed]
+    _write(folder / MANIFEST_COPY, "".join(scrub(json.dumps(e)) + "\n" for e in entries))
+    _write(folder / RUN_COPY, json.dumps(_public_run(run, scrub, cfg.include_clean_test), indent=2) + "\n")
+    verify = _read_json(out / VERIFY)
+    if verify is not None and (out / VERIFY).stat().st_mtime < (out / RUN).stat().st_mtime:
+        warnings.append(f"{out / VERIFY} is older than {RUN} (an earlier protection): the card says not verified")
+        verify = None
+    if verify is not None:
+        _write(folder / VERIFY_COPY, scrub(json.dumps(verify, indent=2)) + "\n")
+    card = dataset_card(run, checked.tasks, checked.rows, checked.entries, test_rows, verify,
+                        license=cfg.license or "other", repo_id=cfg.repo_id, failed=checked.failed)
+    _write(folder / CARD, scrub(card))
+
+    files = [p for p in folder.rglob("*") if p.is_file() and ".cache" not in p.relative_to(folder).parts]
+    for path in files:  # a guard: the scrubbing above must have left no local path in what we wrote
+        if path.suffix in (".md", ".csv", ".json", ".jsonl") and scrub.found(path.read_text(encoding="utf-8")):
+            raise PublishRefused(f"{path.name} would carry a local path of this machine; please report this bug")
+    for w in warnings:
+        log(on_event, w, "warning")
+    return PublishReport(out=out, folder=folder, repo_id=cfg.repo_id, train_images=len(checked.rows),
+                         test_images=len(test_rows), files=len(files), bytes=sum(p.stat().st_size for p in files),
+                         card=folder / CARD, license=cfg.license or "other", verified=verify is not None,
+                         failed=checked.failed, warnings=warnings)
+
+
+# ----------------------------------------------------------------------------- upload
+
+
+def _folder_upload_resumes(version: str) -> bool:
+    """huggingface_hub >= 1.20: upload_folder is multi-commit and resumable, upload_large_folder deprecated."""
+    parts = re.findall(r"\d+", version)[:2]
+    major, minor = (int(parts[0]), int(parts[1])) if len(parts) == 2 else (0, 0)
+    return (major, minor) >= (1, 20)
+
+
+def upload(folder: Path, repo_id: str, private: bool = False, revision: str | None = None,
+           token: str | None = None) -> str:
+    """Upload the folder as a dataset repo (resumable: rerun the same command after an interruption)."""
+    import huggingface_hub
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    api = HfApi(token=token)
+    try:
+        repo = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        if revision:
+            api.create_branch(repo_id, branch=revision, repo_type="dataset", exist_ok=True)
+        if hasattr(api, "upload_large_folder") and not _folder_upload_resumes(huggingface_hub.__version__):
+            kwargs: dict[str, Any] = dict(repo_id=repo_id, repo_type="dataset", folder_path=str(folder),
+                                          revision=revision, private=private)
+            if "print_report" in inspect.signature(api.upload_large_folder).parameters:
+                kwargs["print_report"] = False  # the library never prints (style rule 8)
+            api.upload_large_folder(**kwargs)
+        else:
+            api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=str(folder), revision=revision,
+                              commit_message="Upload MTL-UE protected dataset with mtlue")
+    except HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status in (401, 403):
+            raise PublishError(f"the Hub refused the upload to {repo_id} ({status}): set HF_TOKEN or run "
+                               "`hf auth login` with a write token") from None
+        raise PublishError(f"upload to {repo_id} failed: {exc}") from None
+    except (OSError, ValueError) as exc:
+        raise PublishError(f"upload to {repo_id} failed: {str(exc).rstrip('.')}. The folder {folder} is kept: rerun the "
+                           "same command when online, or upload it from a connected machine with "
+                           f"`hf upload {repo_id} {folder.name} --repo-type dataset`") from None
+    url = str(getattr(repo, "url", repo) or f"https://huggingface.co/datasets/{repo_id}")
+    return url + (f"/tree/{revision}" if revision else "")
+
+
+def publish_dataset(out: Path, cfg: PublishConfig, folder: Path | None = None, token: str | None = None,
+                    on_event: OnEvent | None = None) -> PublishReport:
+    """Check OUT, build the upload folder (default OUT.hf beside OUT) and, unless a dry run, upload it."""
+    on_event = on_event or noop
+    if not cfg.dry_run and not cfg.repo_id:
+        raise ConfigError("give the Hub dataset repo: --to org/name (or --dry-run to build the folder only)")
+    if cfg.repo_id and not REPO_ID.match(cfg.repo_id):
+        raise ConfigError(f"--to {cfg.repo_id!r} is not a Hub repo id; write it as org/name")
+    report = build_folder(out, folder or default_folder(out), cfg, on_event)
+    if not cfg.dry_run:
+        log(on_event, f"uploading {report.files} files ({report.bytes / 1e6:.1f} MB) to {cfg.repo_id}")
+        report.url = upload(report.folder, str(cfg.repo_id), cfg.private, cfg.revision, token)
+    return report
