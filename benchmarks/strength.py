@@ -169,8 +169,10 @@ def describe(result: dict[str, Any]) -> str:
     squeezes = [x for x in c["robust"] if x != "identity"]
     eot = "no squeeze training" if not squeezes else "squeezes" + (
         f" (grayscale x{squeezes.count('grayscale')})" if squeezes.count("grayscale") > 1 else "")
+    surrogate = ("" if not c.get("robust_surrogate") else
+                 ", clean + squeeze-trained surrogates" if c.get("paired_surrogates") else ", squeeze-trained surrogate")
     return (f"{c['method'].upper()}, {c['image_size']} px, width {c['width']}, {c['bound']}, lr {c['lr']:g}, "
-            f"batch {c['batch_size']}, {eot}")
+            f"batch {c['batch_size']}, {eot}{surrogate}")
 
 
 def per_task(result: dict[str, Any], res: str) -> str:

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mtlue_cli import __version__
@@ -82,6 +83,14 @@ def _data_config(data: Path, labels: Path | None, layout: str, path_column: str 
                       partition=partition, split=split, skip_bad=skip_bad, workers=workers, size=size)
 
 
+def _rank0_talks(quiet: bool) -> bool:
+    """Under torchrun only rank 0 talks: the other ranks' console is silenced. Returns the `quiet` to use."""
+    if os.environ.get("RANK", "0") != "0":
+        console.quiet = True
+        return True
+    return quiet
+
+
 class Renderer:
     """Turns library events into Rich progress bars and log lines (the only place that prints)."""
 
@@ -111,7 +120,7 @@ class Renderer:
         if kind == "log":
             style = "yellow" if info.get("level") == "warning" else "dim"
             if info.get("level") == "warning" or not self.quiet:
-                console.print(f"[{style}]{info['message']}[/]")
+                console.print(f"[{style}]{escape(info['message'])}[/]")  # a message's brackets are text, not markup
             return
         if kind == "epoch":  # the protection forming: one line per generator epoch
             clean = f"clean {info['clean_acc']:.1%} -> " if info.get("clean_acc") is not None else ""
@@ -289,9 +298,7 @@ def fit(
     quiet: QuietOpt = False,
 ) -> None:
     """Train a protection generator on your labelled images (EM, TAP or SEP + the MTL-UE regularisers)."""
-    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 talks
-        console.quiet = True
-        quiet = True
+    quiet = _rank0_talks(quiet)
     with _errors(debug):
         from mtlue_cli.data import load_dataset
         from mtlue_cli.fit import default_recipe, fit_generator
@@ -380,10 +387,12 @@ def _print_problems(problems: list[Any], style: str, limit: int = 20) -> None:
     "Output: the input tree mirrored under --out with names kept, lossless PNG by default, labels.csv with "
     "rewritten paths, manifest.jsonl (one line per file: hashes, measured L-inf, PSNR, SSIM) and run.json. "
     "Without --generator, a generator is fitted on DATA first with the default recipe and kept in OUT/generator/. "
-    "Exit code 3 when some files failed.\n\n"
+    "Exit code 3 when some files failed. Under torchrun each process protects every Nth batch and rank 0 "
+    "merges the manifest; the files are the same as one process writes.\n\n"
     "Examples:\n\n  mtlue protect ./photos --labels attrs.csv --out ./photos-protected --holdout 0.2\n\n"
     "  mtlue protect ./photos --labels attrs.csv --generator gen/ --out ./photos-protected\n\n"
-    "  mtlue protect ./UTKFace --generator org/mtlue-utkface@v1 --out ./utk-protected --holdout 0.2 --preview 8"
+    "  mtlue protect ./UTKFace --generator org/mtlue-utkface@v1 --out ./utk-protected --holdout 0.2 --preview 8\n\n"
+    "  torchrun --nproc_per_node 4 -m mtlue_cli protect ./photos -l attrs.csv -g gen/ --out ./photos-protected"
 ))
 def protect(
     data: DataArg,
@@ -411,11 +420,12 @@ def protect(
     skip_bad: SkipBadOpt = False,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
-    workers: WorkersOpt = 2,
+    workers: Annotated[int, typer.Option(help="Decode/encode threads; 0: one per core this process may use (shared by the torchrun processes of a node).")] = 0,
     debug: DebugOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Write a protected copy of every labelled image (originals are never modified)."""
+    quiet = _rank0_talks(quiet)
     with _errors(debug):
         from mtlue_cli.hub import load_generator
         from mtlue_cli.protect import protect_dataset, protect_with_fit
@@ -482,6 +492,7 @@ def _render_protect(report: Any) -> None:
     "each --defense (protection effective), 4 = some task above it, 1 = error.\n\n"
     "Examples:\n\n  mtlue protect ./photos -l attrs.csv -o prot/ --holdout 0.2 && mtlue verify prot/\n\n"
     "  mtlue verify prot/ --res 128 --recipe paper --time-budget none\n\n"
+    "  mtlue verify prot/ --defense all --detect --plot curves.png --time-budget 1h\n\n"
     "  mtlue verify --clean ./photos --protected prot/ -l attrs.csv --test ./held-out --defense none,jpeg10"
 ))
 def verify(
@@ -498,12 +509,15 @@ def verify(
     res: Annotated[Optional[int], typer.Option(help="Victim resolution (default: 64 px or the generator's working size if larger; the images' own size if smaller).")] = None,
     batch_size: Annotated[int, typer.Option(help="Victim batch size.")] = 128,
     weighting: Annotated[str, typer.Option(help="Task weighting: ew|uw|rlw.")] = "ew",
-    defense: Annotated[str, typer.Option("--defense", help="Comma list: none, grayscale, jpegQ, bdrB. The verdict covers every one.")] = "none,grayscale,jpeg10,bdr2",
+    defense: Annotated[str, typer.Option("--defense", help="Comma list: none, grayscale, jpegQ, bdrB, blurS, medianK, resizeF, op (orthogonal projection), ueraser-lite, or all. Each trains a protected-trained victim; the verdict covers every one.")] = "none,grayscale,jpeg10,bdr2",
     adv_train: Annotated[bool, typer.Option("--adv-train", help="PGD adversarial training of the victim (slow).")] = False,
     stl: Annotated[bool, typer.Option("--stl", help="Also train one single-task victim per task.")] = False,
     threshold: Annotated[float, typer.Option(help="Points above the majority baseline (0.5 for AUC) that still count as protected.")] = 5.0,
     metric: Annotated[str, typer.Option(help="acc (top-1 accuracy) or auc (ROC-AUC per task, for multi-label binary data).")] = "acc",
     json_file: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON to this file.")] = None,
+    profile: Annotated[bool, typer.Option("--profile", help="Also train a victim on the originals under each defence: what the defence costs clean data (one more victim per defence).")] = False,
+    detect: Annotated[bool, typer.Option("--detect", help="Also test whether a linear model spots the protected classes (seconds).")] = False,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help='PNG of test accuracy per epoch per task (needs pip install "mtlue\\[plot]").')] = None,
     time_budget: Annotated[str, typer.Option(help="Budget for all victims (e.g. 20m, 1h, 900 s; 'none' = no limit): picks the victim epochs (at most --epochs).")] = "20m",
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse the clean-victim result of identical data and recipe (~/.cache/mtlue or MTLUE_CACHE_DIR).")] = True,
     amp: Annotated[str, typer.Option(help="auto|bf16|fp16|off (CUDA only).")] = "auto",
@@ -548,7 +562,7 @@ def verify(
         cfg = make_config(VerifyConfig, VERIFY_RECIPES[recipe], victim=victim, epochs=epochs, res=res,
                           batch_size=batch_size, weighting=weighting, defenses=_tasks(defense) or ("none",),
                           adv_train=adv_train, stl=stl, test_split=test_split, threshold=threshold, seed=seed, metric=metric, cache=cache,
-                          device=device, amp=amp)
+                          device=device, amp=amp, detect=detect, plot=plot, profile=profile)
         if recipe != "paper" or time_budget != "20m":  # the paper recipe trains in full unless a budget is given
             cfg = dataclasses.replace(cfg, time_budget=budget)
         clean_cfg = _data_config(clean, labels, layout, path_column, tasks, None, "all", skip_bad, workers)
@@ -567,10 +581,14 @@ def verify(
     raise typer.Exit(0 if report.effective else 4)
 
 
+SHORT_DEFENSE = {"grayscale": "gray", "ueraser-lite": "uer-lite"}  # table headers that keep 80-100 columns
+
+
 def render_verify(report: Any) -> None:
     extra = [d for d in report.defenses if d != "none"]
+    inline = extra if len(extra) <= 3 else []  # more defences get a table of their own
     table = Table(title="victim accuracy on clean test images (lower is better for you)", title_justify="left")
-    for col in ("task", "majority", "clean", "protected", *extra, "best", "train*"):
+    for col in ("task", "majority", "clean", "protected", *inline, "best", "train*"):
         table.add_column(col, justify="left" if col == "task" else "right")
 
     def cell(value: float, limit: float) -> str:
@@ -579,16 +597,28 @@ def render_verify(report: Any) -> None:
     for row in report.tasks:
         limit = row.majority + report.threshold / 100
         table.add_row(row.task, f"{row.majority:.1%}", f"{row.clean_acc:.1%}", cell(row.protected_acc, limit),
-                      *(cell(row.by_defense[d], limit) for d in extra), f"{row.protected_best:.1%}",
+                      *(cell(row.by_defense[d], limit) for d in inline), f"{row.protected_best:.1%}",
                       f"{row.protected_train_acc:.1%}")
     mean = report.to_dict()["mean"]
     table.add_row("[bold]mean[/]", f"{mean['majority']:.1%}", f"{mean['clean_acc']:.1%}", f"{mean['protected_acc']:.1%}",
-                  *(f"{mean['by_defense'][d]:.1%}" for d in extra), "", f"{mean['protected_train_acc']:.1%}")
+                  *(f"{mean['by_defense'][d]:.1%}" for d in inline), "", f"{mean['protected_train_acc']:.1%}")
     console.print(table)
+    if extra and not inline:
+        wide = Table(title="protected-trained victim after each defence", title_justify="left")
+        for col in ("task", *(SHORT_DEFENSE.get(d, d) for d in extra)):
+            wide.add_column(col, justify="left" if col == "task" else "right")
+        for row in report.tasks:
+            limit = row.majority + report.threshold / 100
+            wide.add_row(row.task, *(cell(row.by_defense[d], limit) for d in extra))
+        wide.add_row("[bold]mean[/]", *(f"{mean['by_defense'][d]:.1%}" for d in extra))
+        console.print(wide)
     console.print("[dim]clean / protected: victims trained on the originals / on the protected files; "
-                  + (f"{', '.join(extra)}: protected files squeezed by the attacker first; " if extra else "")
+                  + ("defence columns: the protected files after the attacker's defence; " if extra else "")
                   + "best: the protected victim's best epoch; train*: its accuracy on its own training files "
                   "(high train with low test accuracy is the shortcut signature)[/]")
+    _render_profile(report)
+    if report.detect is not None:
+        _render_detect(report.detect)
     if any(row.stl_protected_acc is not None for row in report.tasks):
         stl = Table(title="single-task victims", title_justify="left")
         for col in ("task", "clean-trained", "protected-trained"):
@@ -613,6 +643,44 @@ def render_verify(report: Any) -> None:
         reasons = "; ".join(f"{', '.join(tasks)} " + ("with no defence" if d == "none" else f"after {d}")
                             for d, tasks in report.broken_by.items())
         console.print(f"[bold red]protection NOT effective[/]: above majority + {report.threshold:g} points for {reasons}")
+        squeezed = [d for d in report.broken_by if d != "none"]
+        if squeezed:
+            console.print(f"[yellow]what this means: someone who converts your files ({', '.join(squeezed)}) before "
+                          "training learns those tasks anyway. This is a known limit of mtlue's generators at 8/255: on "
+                          "UTKFace faces the CPU default gives most of the clean accuracy back after grayscale and JPEG-10, "
+                          "and no recipe we measured holds under every squeeze yet (benchmarks/RESULTS.md).[/]")
+    if report.plot:
+        console.print(f"plot: {escape(report.plot)}", highlight=False)
+    for note in report.notes:  # e.g. pip install "mtlue[plot]": brackets that are not markup
+        console.print(f"[yellow]{escape(note)}[/]", highlight=False)
+
+
+def _render_profile(report: Any) -> None:
+    if len(report.profile) < 2:  # defence "none" alone: the main table says it all
+        return
+    table = Table(title="robustness profile (means over tasks)", title_justify="left")
+    for col in ("defence", "clean-trained", "protected-trained", "verdict"):
+        table.add_column(col, justify="right" if col.endswith("trained") else "left")
+    for p in report.profile:
+        names = ", ".join(p.broken[:3]) + (f" +{len(p.broken) - 3}" if len(p.broken) > 3 else "")
+        table.add_row(p.defense, "—" if p.clean_mean is None else f"{p.clean_mean:.1%}", f"{p.protected_mean:.1%}",
+                      "[green]holds[/]" if p.verdict == "holds" else f"[red]broken[/]: {names}")
+    console.print(table)
+    console.print("[dim]clean-trained: what the defence costs a model of the originals; a defence that costs it "
+                  "as much as it returns from the protected files gains the attacker nothing"
+                  + ("" if all(p.clean_mean is not None for p in report.profile) else " (— : measured with --profile)")
+                  + "[/]")
+
+
+def _render_detect(detect: Any) -> None:
+    table = Table(title="detectability: a linear model on raw pixels, held-out accuracy", title_justify="left")
+    for col in ("task", "protected", "epoch", "originals", "epoch", "reading"):
+        table.add_column(col, justify="left" if col in ("task", "reading") else "right")
+    for row in detect.tasks:
+        table.add_row(row.task, f"{row.protected.acc:.1%}", str(row.protected.epoch), f"{row.clean.acc:.1%}",
+                      str(row.clean.epoch), "[red]easy to detect[/]" if row.detectable else "[green]not easier[/]")
+    console.print(table)
+    console.print(escape(detect.summary), highlight=False)
 
 
 # ----------------------------------------------------------------------------- export

@@ -76,6 +76,8 @@ class FitConfig:
     width: int = 64  # generator encoder width (§2.1: 64); 32 is ~3x faster on a CPU but weaker (RESULTS.md)
     robust: tuple[str, ...] = ()  # squeezes drawn per batch in the generator loop (robust.SQUEEZES); () = the paper
     robust_surrogate: bool = False  # TAP/SEP surrogate trained on the same squeezes (needs `robust`)
+    # With robust_surrogate: unsqueezed batches attack the clean surrogate, squeezed ones the squeeze-trained one.
+    paired_surrogates: bool = False
     time_budget: float | None = None  # seconds for the whole fit; the epochs (at most `epochs`) are planned to fit
     stop_acc: float | None = None  # stop once the surrogate's mean true-label accuracy on x+δ is at most this
     seed: int = 0
@@ -119,7 +121,12 @@ class VerifyConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     weighting: str = "ew"  # ew|uw|rlw (§6.5)
-    defenses: tuple[str, ...] = ("none", "grayscale", "jpeg10", "bdr2")  # the cheap squeezes an attacker tries first
+    # The cheap squeezes an attacker tries first; "all" adds blur, median, resize, orthogonal projection and
+    # UEraser-lite (defenses.ALL). Every defence trains a protected-trained victim.
+    defenses: tuple[str, ...] = ("none", "grayscale", "jpeg10", "bdr2")
+    # Also a clean-trained victim under each defence (the defence's cost to clean data). Off by default: within
+    # the time budget, the verdict's victims get the epochs instead.
+    profile: bool = False
     adv_train: bool = False
     stl: bool = False
     test_split: float = 0.2
@@ -130,6 +137,8 @@ class VerifyConfig:
     amp: str = "auto"
     cache: bool = True  # reuse the clean baseline of identical data + recipe (MTLUE_CACHE_DIR)
     time_budget: float | None = 1200.0  # seconds for all victims; picks the epochs (at most `epochs`); None: no limit
+    detect: bool = False  # linear-probe detectability of the protected set vs the originals (detect.py)
+    plot: Path | None = None  # PNG of the victims' test accuracy per epoch (plot.py; needs the `plot` extra)
 
 
 # Recipes: whole-run presets. "paper-*" hold the published settings; "quick" is sized for a 2-core CPU

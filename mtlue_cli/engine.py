@@ -83,6 +83,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    group: Any = field(default=None, repr=False)  # the process group `barrier` waits on; None: the default one
 
     @classmethod
     def from_env(cls) -> Dist:
@@ -103,6 +104,8 @@ class Dist:
         import torch.distributed as td
 
         if self.enabled and not td.is_initialized():
+            if device.type == "cuda":  # NCCL's barrier runs on the current device: this rank's, not GPU 0
+                torch.cuda.set_device(device)
             td.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
     def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
@@ -135,11 +138,23 @@ class Dist:
         td.all_reduce(tensor)
         return int(tensor.item())
 
+    def patient(self, hours: float = 24.0) -> Dist:
+        """These ranks with a CPU (gloo) group whose `barrier` waits up to `hours`: for ranks that finish uneven
+        shares of work at different times (the default group gives up after 30 min with gloo, 10 with NCCL)."""
+        if not self.enabled:
+            return self
+        import dataclasses
+        import datetime
+
+        import torch.distributed as td
+
+        return dataclasses.replace(self, group=td.new_group(backend="gloo", timeout=datetime.timedelta(hours=hours)))
+
     def barrier(self) -> None:
         if self.enabled:
             import torch.distributed as td
 
-            td.barrier()
+            td.barrier(group=self.group)
 
 
 def batch_indices(n: int, batch_size: int, shuffle: bool, gen: torch.Generator | None, drop_last: bool = False,

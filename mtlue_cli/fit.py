@@ -150,6 +150,7 @@ def fit_generator(dataset: MultiTaskImageDataset, cfg: FitConfig, out: Path, on_
 
     # --- surrogates (§5): the clean model and its periodic checkpoints, cached for --resume
     surrogates: list[nn.Module] = []
+    squeezed_surrogates: list[nn.Module] = []  # paired_surrogates: attacked by the squeezed batches
     em_trainer: ClassifierTrainer | None = None
     clean_acc: list[float] | None = None
     surrogate_file = ckpt_dir / "surrogate.pt"
@@ -157,28 +158,38 @@ def fit_generator(dataset: MultiTaskImageDataset, cfg: FitConfig, out: Path, on_
         em_trainer = ClassifierTrainer(surrogate_model(), nc, device=device, amp=cfg.amp, dist=dist)
         surrogates = [em_trainer.model]
     else:
+        # robust_surrogate (a deviation from §5, off in paper-*): the surrogate also learns from squeezed
+        # images, so the gradient that reaches δ through a squeeze comes from a model that reads such images.
+        # paired_surrogates keeps the clean one too, for the unsqueezed batches (the no-defence strength).
+        kinds = (["clean"] if not cfg.robust_surrogate or cfg.paired_surrogates else []) + (
+            ["squeezed"] if cfg.robust_surrogate else [])
         if cfg.resume and surrogate_file.is_file():
-            saved = torch.load(surrogate_file, map_location="cpu", weights_only=True)
+            saved_all = torch.load(surrogate_file, map_location="cpu", weights_only=True)
+            saved_all = {kinds[0]: saved_all} if "final" in saved_all else saved_all  # a checkpoint of mtlue <= 0.1
         else:
-            trainer = ClassifierTrainer(surrogate_model(), nc, milestones=milestones(cfg.surrogate_epochs, cfg.surrogate_milestones), device=device,
-                                        amp=cfg.amp, dist=dist)
-            # robust_surrogate (a deviation from §5, off in paper-*): the surrogate also learns from squeezed
-            # images, so the gradient that reaches δ through a squeeze comes from a model that reads such images.
-            squeezed = (lambda x: random_squeeze(tuple(cfg.robust), gen)[1](x)) if cfg.robust_surrogate else None
-            result = train_classifier(
-                trainer, images, labels, epochs=cfg.surrogate_epochs, batch_size=cfg.batch_size, crop=crop, gen=gen,
-                checkpoint_every=cfg.sep_every if method.surrogate == "checkpoints" else None, input_transform=squeezed,
-                on_event=on_event, stage="surrogate", description="Clean surrogate",
-            )
-            saved = {"final": {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()},
-                     "checkpoints": {str(e): s for e, s in result.checkpoints.items()}}
+            saved_all = {}
+            for kind in kinds:
+                trainer = ClassifierTrainer(surrogate_model(), nc, milestones=milestones(cfg.surrogate_epochs, cfg.surrogate_milestones),
+                                            device=device, amp=cfg.amp, dist=dist)
+                squeezed = (lambda x: random_squeeze(tuple(cfg.robust), gen)[1](x)) if kind == "squeezed" else None
+                result = train_classifier(
+                    trainer, images, labels, epochs=cfg.surrogate_epochs, batch_size=cfg.batch_size, crop=crop, gen=gen,
+                    checkpoint_every=cfg.sep_every if method.surrogate == "checkpoints" else None, input_transform=squeezed,
+                    on_event=on_event, stage="surrogate", description=f"{kind.capitalize()} surrogate",
+                )
+                saved_all[kind] = {"final": {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()},
+                                   "checkpoints": {str(e): s for e, s in result.checkpoints.items()}}
             if dist.is_main:
-                _atomic_save(saved, surrogate_file)
-        states = list(saved["checkpoints"].values()) if method.surrogate == "checkpoints" else [saved["final"]]
-        for state in states:
-            model = surrogate_model()
-            model.load_state_dict(state, strict=True)
-            surrogates.append(_freeze(model.to(device)))
+                _atomic_save(saved_all, surrogate_file)
+        for kind in kinds:
+            saved = saved_all[kind]
+            states = list(saved["checkpoints"].values()) if method.surrogate == "checkpoints" else [saved["final"]]
+            for state in states:
+                model = surrogate_model()
+                model.load_state_dict(state, strict=True)
+                (squeezed_surrogates if kind == "squeezed" and cfg.paired_surrogates else surrogates).append(
+                    _freeze(model.to(device)))
+        saved = saved_all[kinds[0]]
         final = surrogate_model()
         final.load_state_dict(saved["final"], strict=True)
         clean_acc = evaluate(final.to(device), images, labels, nc, crop, device)
@@ -258,11 +269,12 @@ def fit_generator(dataset: MultiTaskImageDataset, cfg: FitConfig, out: Path, on_
                         loss = _sep_recompute(g_module, generator, surrogates, x, y, nc, cfg, perturbed)
                     else:
                         # EOT over the attacker's squeezes (robust.py; a deviation from §4.1, off in paper-*)
-                        _, squeeze = random_squeeze(tuple(cfg.robust), gen)
+                        name, squeeze = random_squeeze(tuple(cfg.robust), gen)
                         xp = squeeze(perturbed(x, y, g_module))
                         if method.augment:
                             xp = augment(xp, crop, gen)
-                        logits = [[t.float() for t in s(xp)] for s in surrogates]
+                        attacked = squeezed_surrogates if squeezed_surrogates and name != "identity" else surrogates
+                        logits = [[t.float() for t in s(xp)] for s in attacked]
                         loss = method.objective(logits, y, nc, binary_mode) + reg_scale * embedding_regulariser(
                             generator.embedding_weights(), cfg.lambda_intra, cfg.lambda_inter, cfg.intra_form)
                         loss.backward()

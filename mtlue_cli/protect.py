@@ -2,7 +2,8 @@
 
 δ is computed at the generator's working size, upsampled bilinearly (a convex combination, so it
 cannot overshoot ±ε), clipped to ±ε again, added to the full-resolution original and ROUNDED to
-uint8 (ecosystem §1.3-1.5, §3.4; the official export floors, method-spec §13.3).
+uint8 (ecosystem §1.3-1.5, §3.4; the official export floors, method-spec §13.3). One file's work is in
+`encode`; which files each torchrun process takes, and the manifest parts it writes, are in `shard`.
 """
 
 from __future__ import annotations
@@ -11,56 +12,29 @@ import json
 import os
 import platform
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
-from PIL import Image, PngImagePlugin
 
-from mtlue_cli import __version__
+from mtlue_cli import __version__, shard
 from mtlue_cli.config import DataConfig, ProtectConfig
 from mtlue_cli.data import Decoded, LabelTable, Record, open_image, raise_problems, read_labels, split_indices, to_working
+from mtlue_cli.encode import EXTENSIONS, XMP_NO_AI, FileResult, compose, write_protected  # noqa: F401 (re-exported)
 from mtlue_cli.errors import ConfigError, DatasetError, FileProblem, MtlueError
 from mtlue_cli.events import OnEvent, log, noop
 from mtlue_cli.hub import LoadedGenerator, file_sha256
-from mtlue_cli.metrics import linf, psnr, ssim
 
-MANIFEST, RUN, LABELS = "manifest.jsonl", "run.json", "labels.csv"
-EXTENSIONS = {"png": ".png", "webp": ".webp", "jpeg": ".jpg"}
-XMP_NO_AI = (
-    '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
-    '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
-    '<rdf:Description rdf:about="" xmlns:plus="http://ns.useplus.org/ldf/xmp/1.0/">'
-    "<plus:DataMining>http://ns.useplus.org/ldf/vocab/DMI-PROHIBITED-AIMLTRAINING</plus:DataMining>"
-    '</rdf:Description></rdf:RDF></x:xmpmeta><?xpacket end="w"?>'
-)
-SAFE_EXIF_TAGS = (0x013B, 0x8298)  # Artist, Copyright: kept by --metadata keep-safe
+MANIFEST, RUN, LABELS = shard.MANIFEST, "run.json", "labels.csv"
 
 
 class ProtectFailed(MtlueError):
     """--strict: a file failed, so the run stopped (exit code 3, ecosystem §3.2)."""
 
     exit_code = 3
-
-
-@dataclass
-class FileResult:
-    source: str
-    output: str | None
-    status: str  # ok | failed | resumed
-    reason: str = ""
-    width: int = 0
-    height: int = 0
-    mode: str = ""
-    exif_rotated: bool = False
-    linf_255: int | None = None
-    psnr: float | None = None
-    ssim: float | None = None
-    alpha_kept: bool | None = None
-    sha256_in: str = ""
-    sha256_out: str = ""
 
 
 @dataclass
@@ -138,128 +112,34 @@ def _label_remap(table: LabelTable, tasks: dict[str, list[str]]) -> tuple[list[t
     return remap, missing
 
 
-def _metadata_kwargs(decoded: Decoded, cfg: ProtectConfig, fmt: str) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {}
-    if cfg.metadata in ("keep-safe", "keep-all"):
-        if decoded.info.get("icc_profile"):
-            kwargs["icc_profile"] = decoded.info["icc_profile"]
-        if decoded.info.get("exif"):
-            source = Image.Exif()
-            source.load(decoded.info["exif"])
-            exif = Image.Exif()
-            if cfg.metadata == "keep-all":
-                for tag, value in source.items():
-                    exif[tag] = value
-                # GPS and other IFDs travel with keep-all only.
-                for ifd in (0x8825, 0x8769):
-                    if ifd in source:
-                        exif[ifd] = source[ifd]
-            else:
-                for tag in SAFE_EXIF_TAGS:
-                    if tag in source:
-                        exif[tag] = source[tag]
-            exif[0x0112] = 1  # pixels are written upright
-            kwargs["exif"] = exif.tobytes()
-    if cfg.tag_no_ai:
-        if fmt == "png":
-            info = PngImagePlugin.PngInfo()
-            info.add_itxt("XML:com.adobe.xmp", XMP_NO_AI)
-            kwargs["pnginfo"] = info
-        else:
-            kwargs["xmp"] = XMP_NO_AI.encode()
-    return kwargs
-
-
-def compose(decoded: Decoded, delta: np.ndarray) -> np.ndarray:
-    """Add an upsampled δ (3,H,W) in 1/255 units to the upright original; round, clip to uint8.
-
-    Grayscale images stay single-channel: their δ is the luma combination of the RGB δ (weights sum
-    to 1, so it stays within ±ε)."""
-    original = np.asarray(decoded.image, dtype=np.float32)
-    if original.ndim == 2:
-        d = delta[0] if delta.shape[0] == 1 else 0.299 * delta[0] + 0.587 * delta[1] + 0.114 * delta[2]
-    else:
-        d = np.repeat(delta, 3, axis=0) if delta.shape[0] == 1 else delta
-        d = d.transpose(1, 2, 0)
-    return np.clip(np.rint(original + d), 0, 255).astype(np.uint8)
-
-
-def _upsample(delta: Any, height: int, width: int, epsilon: float) -> np.ndarray:
-    import torch.nn.functional as F
-
-    up = F.interpolate(delta[None].float(), size=(height, width), mode="bilinear", align_corners=False)[0]
-    return (up.clamp(-epsilon, epsilon) * 255).numpy()  # (C,H,W) in 1/255 units
-
-
-def _save(pixels: np.ndarray, alpha: Image.Image | None, path: Path, fmt: str, cfg: ProtectConfig,
-          meta: dict[str, Any]) -> None:
-    image = Image.fromarray(pixels, "L" if pixels.ndim == 2 else "RGB")
-    if alpha is not None:
-        if fmt == "jpeg":
-            raise FileProblem(str(path), "has transparency, which JPEG cannot store; use --format png or webp")
-        image.putalpha(alpha)
-    tmp = path.with_name(f".{path.name}.mtlue-tmp")
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS says, else all of them)."""
     try:
-        if fmt == "png":
-            image.save(tmp, "PNG", **meta)
-        elif fmt == "webp":
-            image.save(tmp, "WEBP", lossless=True, quality=100, method=4, exact=True, **meta)
-        else:
-            image.save(tmp, "JPEG", quality=cfg.quality, subsampling=0, **meta)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise FileProblem(str(path), f"cannot write ({exc.strerror or exc}); check free space and permissions") from None
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
-def _finish(record: Record, decoded: Decoded, delta: Any, root: Path, out: Path, dst: str, epsilon: float,
-            cfg: ProtectConfig) -> FileResult:
-    """Compose, write atomically, re-read the written file and measure what is really there."""
-    source = root / record.path
-    width, height = decoded.image.size
-    result = FileResult(record.path, dst, "failed", width=width, height=height, mode=decoded.source_mode,
-                        exif_rotated=decoded.exif_rotated)
-    try:
-        result.sha256_in = file_sha256(source)
-        pixels = compose(decoded, _upsample(delta, height, width, epsilon))
-        target = out / dst
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _save(pixels, decoded.alpha, target, cfg.format, cfg, _metadata_kwargs(decoded, cfg, cfg.format))
-        with Image.open(target) as written:
-            written.load()
-            back_alpha = written.getchannel("A") if "A" in written.getbands() else None
-            back = np.asarray(written.convert(decoded.image.mode))
-        original = np.asarray(decoded.image)
-        result.linf_255, result.psnr, result.ssim = linf(back, original), psnr(back, original), ssim(back, original)
-        if decoded.alpha is not None:
-            result.alpha_kept = back_alpha is not None and np.array_equal(np.asarray(back_alpha), np.asarray(decoded.alpha))
-        result.sha256_out = file_sha256(target)
-        result.status = "ok"
-    except FileProblem as problem:
-        result.reason = problem.reason
-    return result
-
-
-def _load_manifest(path: Path) -> dict[str, dict[str, Any]]:
-    entries: dict[str, dict[str, Any]] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue  # a line cut by a crash: that file is simply redone
-            entries[entry["source"]] = entry
-    return entries
+def resolve_workers(cfg: ProtectConfig) -> int:
+    """--workers, or (0) the cores this process may use, shared by the torchrun processes of this node."""
+    if cfg.workers > 0:
+        return cfg.workers
+    return max(1, available_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
 def protect_dataset(loaded: LoadedGenerator, data: DataConfig, out: Path, cfg: ProtectConfig,
                     on_event: OnEvent | None = None) -> ProtectReport:
-    """Write a protected copy of every labelled image of `data` under `out`."""
+    """Write a protected copy of every labelled image of `data` under `out`.
+
+    Under torchrun (WORLD_SIZE > 1) each process protects its share of the files (`shard.share`) on its
+    LOCAL_RANK device and writes its own manifest part; rank 0 merges the parts and writes labels.csv and
+    run.json once. Every rank returns the same report."""
     import torch
 
-    from mtlue_cli.engine import autocast, resolve_device
+    from mtlue_cli.engine import Dist, autocast, resolve_device
 
-    on_event = on_event or noop
+    dist = Dist.from_env()
+    on_event = (on_event or noop) if dist.is_main else noop
     if cfg.format not in EXTENSIONS:
         raise ConfigError(f"--format must be png, webp or jpeg, not {cfg.format!r}")
     if cfg.metadata not in ("strip", "keep-safe", "keep-all"):
@@ -270,7 +150,9 @@ def protect_dataset(loaded: LoadedGenerator, data: DataConfig, out: Path, cfg: P
     check_output_folder(root, out, cfg)
     started = time.perf_counter()
     model = loaded.model
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, dist.local_rank if dist.enabled else None)
+    dist.init(device)
+    dist = dist.patient()  # a rank that finishes its share early may wait long for the others
     model = model.to(device).eval()
     tasks, size, epsilon = model.tasks, model.image_size, float(model.epsilon)
     table = read_labels(data)
@@ -291,22 +173,20 @@ def protect_dataset(loaded: LoadedGenerator, data: DataConfig, out: Path, cfg: P
         warnings.append(f"task(s) {extra} are not protected by this generator (kept in labels.csv as they are)")
     for w in warnings:
         log(on_event, w, "warning")
+    if dist.enabled:
+        log(on_event, f"{dist.world} processes, each protecting one batch of {cfg.batch_size} files in {dist.world}")
 
     train_idx, test_idx = split_indices(table.records, cfg.holdout, cfg.seed) if cfg.holdout else (list(range(len(table.records))), [])
     records = [table.records[i] for i in train_idx]
     problems = list(table.problems)
     if problems and not data.skip_bad:
         raise_problems(problems)
-    if cfg.overwrite and out.exists():
-        for name in (MANIFEST, RUN):
-            (out / name).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
     names = _output_names(records, cfg.format)
-    manifest_path = out / MANIFEST
-    previous = _load_manifest(manifest_path) if cfg.resume else {}
+    # --overwrite: the old manifest is deleted below, so nothing counts as done.
+    previous = shard.load_manifest(out) if cfg.resume and not cfg.overwrite and out.is_dir() else {}
     results: dict[str, FileResult] = {}
     todo: list[Record] = []
-    for record in records:
+    for record in (records[i] for i in shard.share(len(records), cfg.batch_size, dist.rank, dist.world)):
         entry = previous.get(record.path)
         target = out / names[record.path]
         if (entry and entry.get("status") == "ok" and target.is_file() and entry.get("sha256_out") == file_sha256(target)
@@ -315,13 +195,23 @@ def protect_dataset(loaded: LoadedGenerator, data: DataConfig, out: Path, cfg: P
         else:
             todo.append(record)
 
-    if cfg.resume and manifest_path.is_file() and manifest_path.stat().st_size:
+    dist.barrier()  # every rank has checked --out and read the old manifest before any rank writes
+    if dist.is_main:
+        if cfg.overwrite and out.exists():
+            for path in (out / MANIFEST, out / RUN, *shard.parts(out)):
+                path.unlink(missing_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        if cfg.resume:
+            shard.fold_parts(out)  # an interrupted run's parts, before this run writes its own
+    dist.barrier()
+    manifest_path = out / MANIFEST if not dist.enabled else shard.part_path(out, dist.rank)
+    if not dist.enabled and cfg.resume and manifest_path.is_file() and manifest_path.stat().st_size:
         with manifest_path.open("rb") as fh:
             fh.seek(-1, os.SEEK_END)
             cut = fh.read(1) != b"\n"
     else:
         cut = False
-    manifest = manifest_path.open("a" if cfg.resume else "w", encoding="utf-8")
+    manifest = manifest_path.open("a" if cfg.resume and not dist.enabled else "w", encoding="utf-8")
     if cut:
         manifest.write("\n")  # a line cut by a crash must not swallow the next entry
     failures: list[FileResult] = []
@@ -336,28 +226,35 @@ def protect_dataset(loaded: LoadedGenerator, data: DataConfig, out: Path, cfg: P
             if cfg.strict:
                 raise ProtectFailed(f"{result.source}: {result.reason} (--strict stops at the first failed file)")
 
-    for problem in problems:  # label-level problems (kept with --skip-bad): recorded, reported, counted
+    # Label-level problems (kept with --skip-bad): recorded, reported, counted; by rank 0 only.
+    for problem in problems if dist.is_main else []:
         commit(FileResult(problem.path, None, "failed", reason=f"{problem.reason} (labels row {problem.row})"
                           if problem.row else problem.reason))
 
-    def decode(record: Record) -> Decoded | FileProblem:
+    mode = "L" if model.in_channels == 1 else "RGB"
+
+    def decode(record: Record) -> tuple[Decoded, np.ndarray] | FileProblem:
+        """Full-resolution original and its working-size pixels, in a worker thread (Pillow drops the GIL)."""
         try:
-            return open_image(root / record.path)
+            decoded = open_image(root / record.path)
         except FileProblem as problem:
             return FileProblem(record.path, problem.reason, record.row)
+        return decoded, np.asarray(to_working(decoded.image, size).convert(mode))
 
     batches = [todo[i : i + cfg.batch_size] for i in range(0, len(todo), cfg.batch_size)]
     on_event("start", {"stage": "protect", "total": len(todo), "description": "Protecting"})
     done = 0
-    pending: list[Future[FileResult]] = []
+    pending: deque[Future[FileResult]] = deque()
     preview: list[tuple[Decoded, np.ndarray, Any]] = []
-    with ThreadPoolExecutor(max(1, cfg.workers)) as pool:
+    n_preview = cfg.preview if dist.is_main else 0
+    workers = resolve_workers(cfg)
+    with ThreadPoolExecutor(workers) as pool:
         next_decode = [pool.submit(decode, r) for r in batches[0]] if batches else []
         for b, batch in enumerate(batches):
             decoded = [f.result() for f in next_decode]
             if b + 1 < len(batches):
                 next_decode = [pool.submit(decode, r) for r in batches[b + 1]]
-            good = [(r, d) for r, d in zip(batch, decoded) if isinstance(d, Decoded)]
+            good = [(r, d[0], d[1]) for r, d in zip(batch, decoded) if not isinstance(d, FileProblem)]
             for r, d in zip(batch, decoded):
                 if isinstance(d, FileProblem):
                     if not data.skip_bad:
@@ -366,21 +263,21 @@ def protect_dataset(loaded: LoadedGenerator, data: DataConfig, out: Path, cfg: P
                     commit(FileResult(r.path, None, "failed", reason=d.reason))
                     done += 1
             if good:
-                mode = "L" if model.in_channels == 1 else "RGB"
-                x = torch.stack([torch.from_numpy(np.asarray(to_working(d.image, size).convert(mode)).copy()) for _, d in good])
+                x = torch.from_numpy(np.stack([w for _, _, w in good]))
                 x = (x[..., None] if x.ndim == 3 else x).permute(0, 3, 1, 2).contiguous()  # NCHW: the fast conv path
                 y = torch.zeros((len(good), len(tasks)), dtype=torch.long)  # missing tasks: any index, unused
                 for j, (k, m) in zip((i for i, t in enumerate(tasks) if t not in missing), remap):
-                    y[:, j] = torch.tensor([int(m[r.labels[k]]) for r, _ in good])
+                    y[:, j] = torch.tensor([int(m[r.labels[k]]) for r, _, _ in good])
                 with torch.inference_mode(), autocast(device, cfg.amp):
                     deltas = model(x.to(device).float().div_(255), y.to(device), protect=protected_tasks).float().cpu()
-                for (r, d), delta in zip(good, deltas):
-                    if len(preview) < cfg.preview:
+                for (r, d, _), delta in zip(good, deltas):
+                    if len(preview) < n_preview:
                         preview.append((d, np.asarray(to_working(d.image, size)), delta))
-                    pending.append(pool.submit(_finish, r, d, delta, root, out, names[r.path], epsilon, cfg))
-            # Keep at most about one batch of full-resolution images in flight (flat memory, issue #9).
-            while len(pending) > cfg.batch_size:
-                commit(pending.pop(0).result())
+                    pending.append(pool.submit(write_protected, r, d, delta, root, out, names[r.path], epsilon, cfg))
+            # Keep at most about one batch of full-resolution images in flight (flat memory, issue #9), or one
+            # per thread where there are more threads than that.
+            while len(pending) > max(cfg.batch_size, workers):
+                commit(pending.popleft().result())
                 done += 1
                 on_event("progress", {"stage": "protect", "done": done})
         for future in pending:
@@ -389,9 +286,12 @@ def protect_dataset(loaded: LoadedGenerator, data: DataConfig, out: Path, cfg: P
             on_event("progress", {"stage": "protect", "done": done})
     manifest.close()
     on_event("end", {"stage": "protect"})
+    if dist.enabled:
+        results, failures = _gather(out, records, previous, dist)
 
     ok = [r for r in results.values() if r.status in ("ok", "resumed")]
-    _write_labels(table, out, names, ok)
+    if dist.is_main:
+        _write_labels(table, out, names, ok)
     preview_path = _write_preview(preview, out, model.image_size, epsilon) if preview else None
     seconds = time.perf_counter() - started
     written = sum(r.status == "ok" for r in ok)
@@ -408,7 +308,8 @@ def protect_dataset(loaded: LoadedGenerator, data: DataConfig, out: Path, cfg: P
     )
     run = {
         "tool": "mtlue", "version": __version__, "torch": torch.__version__, "python": platform.python_version(),
-        "device": str(device), "seed": cfg.seed, "config": {k: str(v) for k, v in asdict(cfg).items()},
+        "device": str(device), "processes": dist.world, "seed": cfg.seed,
+        "config": {k: str(v) for k, v in asdict(cfg).items()},
         "generator": {"spec": loaded.spec, "source": loaded.source, "revision": loaded.revision,
                       "sha256": loaded.sha256, "method": loaded.method, "image_size": size},
         "epsilon": epsilon, "epsilon_255": epsilon * 255, "tasks": tasks,
@@ -421,8 +322,38 @@ def protect_dataset(loaded: LoadedGenerator, data: DataConfig, out: Path, cfg: P
         "summary": {k: v for k, v in asdict(report).items() if k not in ("failed", "out", "preview")},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    (out / RUN).write_text(json.dumps(run, indent=2, default=str) + "\n")
+    if dist.is_main:
+        (out / RUN).write_text(json.dumps(run, indent=2, default=str) + "\n")
+    dist.barrier()  # no rank returns before the folder is complete
     return report
+
+
+def _gather(out: Path, records: list[Record], previous: dict[str, dict[str, Any]],
+            dist: Any) -> tuple[dict[str, FileResult], list[FileResult]]:
+    """After every rank's share: all ranks' results (rank 0 merges the parts into manifest.jsonl).
+
+    A file no rank wrote this run, whose old entry is ok, is one a rank found intact (--resume): every
+    file a rank took on leaves an entry, written or failed."""
+    order = {r.path: i for i, r in enumerate(records)}
+    dist.barrier()  # every part is complete
+    new = sorted((e for p in shard.parts(out) for e in shard.read_entries(p)), key=lambda e: order.get(e["source"], -1))
+    dist.barrier()  # read by every rank before rank 0 folds them away
+    if dist.is_main:
+        shard.merge_parts(out, order)
+    results: dict[str, FileResult] = {}
+    failures: list[FileResult] = []
+    for entry in new:
+        result = FileResult(**entry)
+        if result.status == "failed":
+            failures.append(result)
+        else:
+            results[result.source] = result
+    touched = {e["source"] for e in new}
+    for record in records:
+        entry = previous.get(record.path)
+        if record.path not in touched and entry and entry.get("status") == "ok":
+            results[record.path] = FileResult(**{**entry, "status": "resumed"})
+    return results, failures
 
 
 def protect_with_fit(data: DataConfig, out: Path, fit_cfg: Any, cfg: ProtectConfig,
@@ -440,6 +371,8 @@ def protect_with_fit(data: DataConfig, out: Path, fit_cfg: Any, cfg: ProtectConf
     on_event = on_event or noop
     out = Path(out)
     check_output_folder(Path(data.root), out, cfg)
+    if data.workers <= 0:  # --workers 0 (the CLI's default): the fit's decode threads too
+        data = dataclasses.replace(data, workers=resolve_workers(cfg))
     gen_dir = out / GENERATOR_DIR
     fit_result = None
     if cfg.resume and (gen_dir / "model.safetensors").is_file():

@@ -9,7 +9,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -18,51 +18,9 @@ from mtlue_cli.config import milestones as lr_milestones
 from mtlue_cli.data import MultiTaskImageDataset, load_dataset, majority_baseline, read_labels, split_indices
 from mtlue_cli.errors import ConfigError, DatasetError
 from mtlue_cli.events import OnEvent, log, noop
+from mtlue_cli.verdict import DefenseProfile, TaskRow, VerifyReport, judge, profile  # noqa: F401 (the public names)
 
 MANIFEST, LABELS, RUN = "manifest.jsonl", "labels.csv", "run.json"
-
-
-@dataclass
-class TaskRow:
-    task: str
-    majority: float
-    clean_acc: float
-    clean_best: float
-    protected_acc: float  # defence "none"
-    protected_best: float
-    protected_train_acc: float  # the shortcut signature: high train, low test
-    by_defense: dict[str, float] = field(default_factory=dict)
-    stl_clean_acc: float | None = None
-    stl_protected_acc: float | None = None
-
-    @property
-    def drop(self) -> float:
-        return self.clean_acc - self.protected_acc
-
-
-@dataclass
-class VerifyReport:
-    tasks: list[TaskRow]
-    defenses: list[str]
-    train_images: int
-    test_images: int
-    quality: dict[str, float]
-    recipe: dict[str, Any]
-    threshold: float
-    effective: bool  # every task within the threshold with no defence AND under each defence
-    failing: list[str]  # tasks above the threshold (any defence)
-    seconds: float
-    broken_by: dict[str, list[str]] = field(default_factory=dict)  # defence -> tasks above the threshold with it
-
-    def mean(self, attr: str) -> float:
-        values = [getattr(t, attr) for t in self.tasks if getattr(t, attr) is not None]
-        return sum(values) / len(values) if values else float("nan")
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["mean"] = {k: self.mean(k) for k in ("majority", "clean_acc", "protected_acc", "protected_train_acc")}
-        out["mean"]["by_defense"] = {d: sum(t.by_defense[d] for t in self.tasks) / len(self.tasks) for d in self.defenses}
-        return out
 
 
 def _source_map(protected: Path) -> dict[str, str]:
@@ -90,15 +48,17 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
     import torch
 
     from mtlue_cli.classifiers import MTLClassifier
-    from mtlue_cli.defenses import applies_at_test, parse_defense
+    from mtlue_cli.defenses import expand_defenses, prepare
     from mtlue_cli.engine import ClassifierTrainer, evaluate, resolve_device, seed_everything, train_classifier
+    from mtlue_cli.plot import missing as missing_plot
 
     on_event = on_event or noop
     started = time.perf_counter()
-    defenses = list(dict.fromkeys(cfg.defenses)) or ["none"]
-    if "none" not in defenses:
-        defenses.insert(0, "none")
-    transforms = {d: parse_defense(d) for d in defenses}
+    defenses = expand_defenses(cfg.defenses)
+    plot_hint = missing_plot() if cfg.plot is not None else None
+    if plot_hint:  # said before the victims train, not only after (no brackets: log lines may be read as markup)
+        log(on_event, "--plot: matplotlib is not installed, so this run writes no plot (pip install matplotlib, "
+            "or mtlue's plot extra); the victims train as usual", "warning")
     protected = Path(protected)
     if not (protected / LABELS).is_file():
         raise ConfigError(f"{protected}: no {LABELS}; --protected is a folder written by `mtlue protect`")
@@ -152,64 +112,89 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
     device = resolve_device(cfg.device)
     crop = cfg.crop or default_crop(res)
     per_epoch = _seconds_per_epoch(cfg, nc, crop, device, len(prot_set))
-    stl_victims = 2 * len(nc) if cfg.stl else 0
+    victims = count_victims(len(defenses), len(nc) if cfg.stl else 0, cfg.profile)
     if cfg.time_budget is not None:
-        # The plan counts the clean victim whether or not its result is cached: the epochs are part of the
+        # The plan counts the clean victims whether or not their results are cached: the epochs are part of the
         # cache key, so a plan that depended on the cache would change the key it was looked up by.
-        epochs = max(1, min(cfg.epochs, int(cfg.time_budget / ((1 + len(defenses) + stl_victims) * per_epoch))))
+        epochs = plan_epochs(cfg.epochs, cfg.time_budget, victims, per_epoch)
         if epochs < cfg.epochs:
             log(on_event, f"time budget {cfg.time_budget / 60:.0f} min: {epochs} epochs per victim instead of {cfg.epochs} "
                 "(--time-budget none trains the full recipe)")
         cfg = dataclasses.replace(cfg, epochs=epochs)
-    cache_file = _cache_dir() / f"{_cache_key(clean_train, test_set, cfg, res, crop)}.json" if cfg.cache else None
-    trained = ([] if cache_file is not None and cache_file.is_file() else ["clean"]) + defenses
-    victims = len(trained) + stl_victims
-    log(on_event, f"expected time: about {max(1, round(victims * per_epoch * cfg.epochs / 60))} min for {victims} victim(s) "
-        f"({', '.join(trained)}{', STL' if stl_victims else ''})")
+    clean_defenses = defenses if cfg.profile else ["none"]
+    cache_files = {d: _cache_dir() / f"{_cache_key(clean_train, test_set, cfg, res, crop, d)}.json" for d in clean_defenses}
+    cached = [d for d in clean_defenses if cfg.cache and cache_files[d].is_file()]
+    trained = victims - len(cached)
+    log(on_event, f"expected time: about {max(1, round(trained * per_epoch * cfg.epochs / 60))} min for {trained} victim(s): "
+        f"protected-trained with {', '.join(defenses)}, clean-trained with {', '.join(clean_defenses)}"
+        f"{', STL' if cfg.stl else ''}"
+        + (f" ({len(cached)} clean-trained result(s) cached)" if cached else ""))
     milestones = lr_milestones(cfg.epochs, cfg.milestones)
     # The chance level a victim must beat: the majority class for accuracy, 0.5 for AUC.
     majority = majority_baseline(clean_train.labels, test_labels, nc) if cfg.metric == "acc" else [0.5] * len(nc)
     log(on_event, f"victim {cfg.victim} ({cfg.victim_stem} stem), {cfg.epochs} epochs at {res} px (crop {crop}), "
         f"{len(prot_set)} protected / {len(clean_train)} clean training images, {len(test_set)} clean test images")
+    detectability = None
+    if cfg.detect:
+        from mtlue_cli.detect import detect
 
-    def run(images: Any, labels: Any, name: str, task_weights: Any = None,
-            test_images: Any = None) -> tuple[list[float], list[float], list[float]]:
+        log(on_event, "detectability: linear probes on the protected images and on the originals")
+        detectability = detect(prot_set.images, prot_labels, clean_train.images, clean_train.labels, list(spec.names),
+                               nc, cfg.seed)
+
+    def run(images: Any, labels: Any, name: str, task_weights: Any = None, test_images: Any = None,
+            batch_transform: Any = None) -> tuple[list[float], list[float], list[float], list[list[float]]]:
         gen = seed_everything(cfg.seed)  # the same init and batch order for every victim
         model = MTLClassifier(nc, arch=cfg.victim, stem=cfg.victim_stem, image_size=crop)
         trainer = ClassifierTrainer(model, nc, lr=cfg.lr, weight_decay=cfg.weight_decay, milestones=milestones,
                                     weighting=cfg.weighting, device=device, amp=cfg.amp, task_weights=task_weights)
         result = train_classifier(trainer, images, labels, epochs=cfg.epochs, batch_size=cfg.batch_size, crop=crop,
-                                  gen=gen, adv_train=cfg.adv_train, metric=cfg.metric,
+                                  gen=gen, input_transform=batch_transform, adv_train=cfg.adv_train, metric=cfg.metric,
                                   evaluate_on=(test_set.images if test_images is None else test_images, test_labels),
                                   on_event=on_event, stage=name, description=name)
         # §14.2: the last epoch is the reported figure; the best epoch is shown beside it (a poison
         # that only delays learning shows up there).
-        final = result.history[-1]["test_acc_tasks"]
+        curve = [record["test_acc_tasks"] for record in result.history]
         best = max(result.history, key=lambda r: r["test_acc"])["test_acc_tasks"]
         train_acc = evaluate(trainer.model, images, labels, nc, crop, device, metric=cfg.metric)
-        return final, best, train_acc
+        return curve[-1], best, train_acc, curve  # type: ignore[return-value]
 
-    if cache_file is not None and cache_file.is_file():
-        clean_acc, clean_best = json.loads(cache_file.read_text())["clean"]
-        log(on_event, f"clean victim: cached result reused ({cache_file})")
-    else:
-        clean_acc, clean_best, _ = run(clean_train.images, clean_train.labels, "clean victim")
-        if cache_file is not None:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"clean": [clean_acc, clean_best]}))
-            os.replace(tmp, cache_file)  # atomic: parallel runs may share the cache
-    rows = [TaskRow(spec.names[k], majority[k], clean_acc[k], clean_best[k], 0.0, 0.0, 0.0) for k in range(len(nc))]
+    def victim(trained_on: str, defense: str) -> tuple[list[float], list[float], list[float], list[list[float]]]:
+        """One victim trained on the clean originals or the protected files, under `defense`."""
+        images, labels = (clean_train.images, clean_train.labels) if trained_on == "clean" else (prot_set.images, prot_labels)
+        # A preprocessing defence (grayscale, blur, projection) is the attacker's deployed pipeline too: the
+        # victim is tested on clean test images put through it (ISS; JPEG and bit depth train-only).
+        prepared = prepare(defense, images, labels, nc, test_set.images, cfg.seed)
+        return run(prepared.images, labels, f"{trained_on} victim ({defense})", test_images=prepared.test_images,
+                   batch_transform=prepared.batch_transform)
+
+    rows = [TaskRow(spec.names[k], majority[k], 0.0, 0.0, 0.0, 0.0, 0.0) for k in range(len(nc))]
+    curves: dict[str, dict[str, list[list[float]]]] = {"clean": {}, "protected": {}}
     for defense in defenses:
-        transform = transforms[defense]
-        images = prot_set.images if transform is None else transform(prot_set.images)
-        # A preprocessing defence (grayscale, blur, ...) is the attacker's deployed pipeline too: its victim
-        # is tested on clean test images put through it (ISS; JPEG and bit depth train-only).
-        test_images = transform(test_set.images) if transform is not None and applies_at_test(defense) else None
-        acc, best, train_acc = run(images, prot_labels, f"protected victim ({defense})", test_images=test_images)
+        cache_file = cache_files.get(defense)
+        if cache_file is None:  # no --profile: the clean-trained victim is trained without defence only
+            clean_acc = clean_best = clean_curve = None
+        elif defense in cached:
+            found = json.loads(cache_file.read_text())
+            clean_acc, clean_best, clean_curve = found["final"], found["best"], found["curve"]
+            log(on_event, f"clean victim ({defense}): cached result reused ({cache_file})")
+        else:
+            clean_acc, clean_best, _, clean_curve = victim("clean", defense)
+            if cfg.cache:
+                cache_file.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")
+                tmp.write_text(json.dumps({"final": clean_acc, "best": clean_best, "curve": clean_curve}))
+                os.replace(tmp, cache_file)  # atomic: parallel runs may share the cache
+        acc, best, train_acc, curve = victim("protected", defense)
+        curves["protected"][defense] = curve
+        if clean_curve is not None:
+            curves["clean"][defense] = clean_curve
         for k, row in enumerate(rows):
             row.by_defense[defense] = acc[k]
+            if clean_acc is not None:
+                row.clean_by_defense[defense] = clean_acc[k]
             if defense == "none":
+                row.clean_acc, row.clean_best = clean_acc[k], clean_best[k]
                 row.protected_acc, row.protected_best, row.protected_train_acc = acc[k], best[k], train_acc[k]
     if cfg.stl:
         for k, row in enumerate(rows):
@@ -222,19 +207,28 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
               "res": res, "crop": crop, "batch_size": cfg.batch_size, "lr": cfg.lr, "weighting": cfg.weighting,
               "adv_train": cfg.adv_train, "seed": cfg.seed, "metric": cfg.metric, "augment": "per-sample random crop + flip",
               "device": str(device), "test": "separate folder" if test is not None else f"seeded split {cfg.test_split}"}
-    return VerifyReport(rows, defenses, len(prot_set), len(test_set), _quality(protected), recipe, cfg.threshold,
-                        effective=not failing, failing=failing, seconds=time.perf_counter() - started, broken_by=broken_by)
+    report = VerifyReport(rows, defenses, len(prot_set), len(test_set), _quality(protected), recipe, cfg.threshold,
+                          effective=not failing, failing=failing, seconds=0.0, broken_by=broken_by,
+                          profile=profile(rows, defenses, broken_by), curves=curves, detect=detectability)
+    if cfg.plot is not None and not plot_hint:
+        from mtlue_cli.plot import plot_curves
+
+        report.plot = str(plot_curves(report, cfg.plot))
+    elif plot_hint:
+        report.notes.append(f"no plot written: {plot_hint}")
+    report.seconds = time.perf_counter() - started
+    return report
 
 
-def judge(rows: list[TaskRow], threshold: float) -> dict[str, list[str]]:
-    """Defence -> the tasks whose protected-trained accuracy is above majority + threshold points with it.
-    Empty means effective: every task within the threshold with no defence and under every squeeze."""
-    broken: dict[str, list[str]] = {}
-    for row in rows:
-        for defense, acc in row.by_defense.items():
-            if acc > row.majority + threshold / 100:
-                broken.setdefault(defense, []).append(row.task)
-    return broken
+def count_victims(defenses: int, stl_tasks: int = 0, profile: bool = True) -> int:
+    """Victims a run trains: a protected-trained one per defence ('none' included), a clean-trained one per
+    defence with `profile` (else one, without defence), and two per task for --stl (0 tasks without it)."""
+    return defenses + (defenses if profile else 1) + 2 * stl_tasks
+
+
+def plan_epochs(epochs: int, budget: float, victims: int, seconds_per_epoch: float) -> int:
+    """The most epochs (at least 1, at most `epochs`) that `victims` victims fit in `budget` seconds."""
+    return max(1, min(epochs, int(budget / (victims * seconds_per_epoch))))
 
 
 def run_defaults(protected: Path) -> dict[str, Any]:
@@ -312,13 +306,14 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("MTLUE_CACHE_DIR") or Path.home() / ".cache" / "mtlue") / "verify"
 
 
-def _cache_key(train: MultiTaskImageDataset, test: MultiTaskImageDataset, cfg: VerifyConfig, res: int, crop: int) -> str:
-    """The clean baseline depends only on the clean pixels, the labels and the recipe."""
+def _cache_key(train: MultiTaskImageDataset, test: MultiTaskImageDataset, cfg: VerifyConfig, res: int, crop: int,
+               defense: str = "none") -> str:
+    """A clean-trained victim depends only on the clean pixels, the labels, the recipe and its defence."""
     # adv_train stays in: the clean victim is trained adversarially too. time_budget is out: the epochs
     # it chose are in the recipe already.
     recipe = {k: v for k, v in asdict(cfg).items()
-              if k not in ("defenses", "stl", "threshold", "device", "cache", "time_budget")}
-    h = hashlib.sha256(json.dumps([recipe, res, crop], sort_keys=True, default=str).encode())
+              if k not in ("defenses", "stl", "threshold", "device", "cache", "time_budget", "detect", "plot")}
+    h = hashlib.sha256(json.dumps([recipe, res, crop, defense], sort_keys=True, default=str).encode())
     h.update(train.fingerprint().encode())
     h.update(test.fingerprint().encode())
     return h.hexdigest()[:32]

@@ -127,3 +127,14 @@ def test_stop_on_collapse_and_robust_training(tmp_path):
                                                  robust=("grayscale", "jpeg", "bits", "blur"), robust_surrogate=True),
                            tmp_path / "gen")
     assert result.epochs_run == 1 and result.stopped_early and "collapsed" in result.stop_reason
+
+
+def test_paired_surrogates_train_both(tmp_path):
+    events = []
+    fit_generator(tiny_dataset(), quick(method="tap", epochs=1, bound="tanh", robust=("identity", "grayscale"),
+                                        robust_surrogate=True, paired_surrogates=True), tmp_path / "gen",
+                  on_event=lambda kind, info: events.append((kind, info)))
+    saved = torch.load(tmp_path / "gen" / "checkpoint" / "surrogate.pt", weights_only=True)
+    assert set(saved) == {"clean", "squeezed"}
+    assert [i["description"] for k, i in events if k == "start" and i.get("stage") == "surrogate"] == [
+        "Clean surrogate", "Squeezed surrogate"]

@@ -74,3 +74,58 @@ def test_bundled_demo_alias_loads_offline_and_matches_its_pin():
     loaded = load_generator("demo-shapes")
     assert loaded.source == "alias" and loaded.sha256 == entry["sha256"]
     assert loaded.model.tasks == entry["tasks"] and loaded.model.image_size == entry["image_size"]
+
+
+def test_face_generator_names_indices_partial_labels_and_hub_round_trip(tmp_path, monkeypatch):
+    """issue #14: the bundled face generator takes readable names or their indices, leaves a missing task
+    unprotected, exports with its licence, fails a push offline with a clear error, and loaded back
+    from a Hub cache as `org/name@rev` protects byte-identically to the alias."""
+    import huggingface_hub.constants as hf_constants
+    import numpy as np
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from mtlue_cli.cli import app
+
+    entry = hub.registry()["faces-utkface"]
+    bundled = load_generator("faces-utkface")
+    assert bundled.source == "alias" and bundled.sha256 == entry["sha256"] and bundled.model.tasks == entry["tasks"]
+    assert bundled.model.tasks["gender"] == ["male", "female"] and bundled.model.tasks["age"][:2] == ["0-2", "3-9"]
+
+    root = tmp_path / "faces"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    rows = [("a.png", "20-29", "asian", "female", "3", "2", "1"), ("b.png", "70+", "white", "male", "8", "0", "0"),
+            ("c.png", "3-9", "other", "female", "1", "4", "1")]
+    for row in rows:
+        Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(root / row[0])
+    names, indices, gender = (tmp_path / f"{n}.csv" for n in ("names", "indices", "gender"))
+    names.write_text("path,age,race,gender\n" + "".join(",".join(r[:4]) + "\n" for r in rows))
+    indices.write_text("path,age,race,gender\n" + "".join(",".join((r[0], *r[4:])) + "\n" for r in rows))
+    gender.write_text("path,gender\n" + "".join(f"{r[0]},{r[3]}\n" for r in rows))
+
+    def protect(spec: str, labels: Path, out: str):
+        report = protect_dataset(load_generator(spec), DataConfig(root=root, labels=labels), tmp_path / out,
+                                 ProtectConfig(device="cpu"))
+        return report, digests(tmp_path / out)
+
+    _, by_names = protect("faces-utkface", names, "p-names")
+    assert protect("faces-utkface", indices, "p-indices")[1] == by_names and len(by_names) == 3
+    partial, by_gender = protect("faces-utkface", gender, "p-gender")
+    assert partial.unprotected_tasks == ["age", "race"] and by_gender != by_names
+
+    exported = tmp_path / "exported"
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = CliRunner().invoke(app, ["export", "faces-utkface", "--to", str(exported), "--push", "me/faces"])
+    assert result.exit_code == 1 and "upload to me/faces failed" in result.output
+    card = (exported / "README.md").read_text()
+    assert "non-commercial research" in card and "`male` (0)" in card and "`70+` (8)" in card
+
+    cache = tmp_path / "hf-cache"
+    snapshot = cache / "models--me--faces" / "snapshots" / REV
+    snapshot.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        shutil.copyfile(exported / name, snapshot / name)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+    assert protect(f"me/faces@{REV}", names, "p-hub")[1] == by_names

@@ -5,12 +5,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from mtlue_cli.cli import app
 from mtlue_cli.config import DataConfig, VerifyConfig, victim_res
 from mtlue_cli.data import read_labels, split_indices
+from mtlue_cli.defenses import ALL, expand_defenses
 from mtlue_cli.errors import ConfigError
 from mtlue_cli.verify import TaskRow, judge, verify
 
@@ -167,3 +169,108 @@ def test_default_resolution_follows_run_json(sets):
     (prot / "run.json").write_text(json.dumps({"generator": {"image_size": 8}}))
     report = verify(data(clean), prot, dataclasses.replace(CFG, epochs=1, res=None))
     assert report.recipe["res"] == SIZE  # 64 px asked for, but the images are only 16 px
+
+
+# ----------------------------------------------------------------------------- informed-attacker defences,
+# robustness profile, --detect, --plot (issue 16). A tiny stand-in victim keeps these runs to seconds.
+
+
+class TinyVictim(torch.nn.Module):
+    """MTLClassifier's interface (one logits tensor per task) on a pooled linear model."""
+
+    def __init__(self, num_classes, arch="resnet18", stem="imagenet", image_size=64, in_channels=3):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(), torch.nn.Linear(48, 16),
+                                        torch.nn.ELU())
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(16, 1 if c == 2 else c) for c in num_classes)
+
+    def forward(self, x):
+        h = self.body(x)
+        return [head(h) for head in self.heads]
+
+
+@pytest.fixture()
+def tiny_victim(monkeypatch):
+    import mtlue_cli.classifiers
+
+    monkeypatch.setattr(mtlue_cli.classifiers, "MTLClassifier", TinyVictim)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors; on a busy 2-core machine spinning threads cost seconds
+    yield
+    torch.set_num_threads(threads)
+
+
+TINY = dataclasses.replace(CFG, epochs=2)
+
+
+def test_profile_adaptive_defences_detect_and_plot(sets, tiny_victim, tmp_path):
+    pytest.importorskip("matplotlib")
+    clean, names, tmp = sets
+    prot = write_set(tmp / "prot", shortcut=True, only=names)
+    cfg = dataclasses.replace(TINY, defenses=("op", "ueraser-lite"), detect=True, plot=tmp_path / "curves.png",
+                              profile=True)
+    report = verify(data(clean), prot, cfg)
+    assert report.defenses == ["none", "op", "ueraser-lite"]
+    assert [p.defense for p in report.profile] == report.defenses
+    for p in report.profile:  # a clean-trained and a protected-trained figure per defence
+        assert 0 <= p.clean_mean <= 1 and 0 <= p.protected_mean <= 1 and p.verdict in ("holds", "broken")
+    for row in report.tasks:
+        assert set(row.clean_by_defense) == set(row.by_defense) == set(report.defenses)
+        assert row.clean_by_defense["none"] == row.clean_acc
+    for trained in ("clean", "protected"):
+        assert {d: len(c) for d, c in report.curves[trained].items()} == {d: 2 for d in report.defenses}
+    assert [r.task for r in report.detect.tasks] == ["light", "band"]
+    assert report.plot == str(tmp_path / "curves.png") and (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    as_json = json.loads(json.dumps(report.to_dict()))
+    assert as_json["profile"][1]["defense"] == "op" and "summary" in as_json["detect"]
+    cache = list((tmp_path / "mtlue-cache" / "verify").glob("*.json"))
+    assert len(cache) == 3  # one clean-trained victim per defence
+
+
+def test_planning_counts_every_victim():
+    from mtlue_cli.verify import count_victims, plan_epochs
+
+    assert count_victims(len(ALL)) == 18  # --defense all: clean- and protected-trained under nine defences
+    assert count_victims(4, stl_tasks=3) == 14
+    assert count_victims(4, profile=False) == 5  # the default: one clean-trained victim, without defence
+    assert plan_epochs(50, budget=18 * 5 * 2.0, victims=18, seconds_per_epoch=2.0) == 5
+    assert plan_epochs(3, budget=1e9, victims=18, seconds_per_epoch=2.0) == 3 and plan_epochs(50, 1.0, 18, 2.0) == 1
+
+
+def test_plot_without_matplotlib_says_how_and_verify_goes_on(sets, tiny_victim, tmp_path, monkeypatch):
+    import sys
+
+    clean, names, tmp = sets
+    prot = write_set(tmp / "prot", shortcut=True, only=names)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    result = CliRunner().invoke(app, [
+        "verify", "--clean", str(clean), "--protected", str(prot), "--labels", str(clean / "labels.csv"),
+        "--test-split", "0.25", "--epochs", "1", "--batch-size", "16", "--res", str(SIZE), "--device", "cpu", "-q",
+        "--defense", "none", "--time-budget", "none", "--plot", str(tmp_path / "curves.png"), "--json", str(tmp_path / "r.json")])
+    assert result.exit_code in (0, 4), result.output
+    assert 'pip install "mtlue[plot]"' in result.output
+    assert not (tmp_path / "curves.png").exists()
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["plot"] is None and any("mtlue[plot]" in n for n in saved["notes"])
+
+
+def test_cli_passes_defense_all_detect_and_plot_to_the_library(sets, monkeypatch, tmp_path):
+    import importlib
+
+    clean, names, tmp = sets
+    prot = write_set(tmp / "prot", shortcut=True, only=names)
+    seen = {}
+
+    def fake_verify(clean, protected, cfg, test=None, on_event=None):
+        seen["cfg"] = cfg
+        raise SystemExit(0)
+
+    monkeypatch.setattr(importlib.import_module("mtlue_cli.verify"), "verify", fake_verify)
+    result = CliRunner().invoke(app, ["verify", "--clean", str(clean), "--protected", str(prot), "--labels",
+                                      str(clean / "labels.csv"), "--test-split", "0.25", "-q", "--defense", "all",
+                                      "--detect", "--plot", str(tmp_path / "c.png")])
+    assert result.exit_code == 0, result.output
+    cfg = seen["cfg"]
+    assert (cfg.defenses, cfg.detect, cfg.plot) == (("all",), True, tmp_path / "c.png")
+    assert expand_defenses(cfg.defenses) == list(ALL)
