@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mtlue_cli.errors import ConfigError, WeightsError
-from mtlue_cli.hub import CARD, CONFIG, RECORD, WEIGHTS, LoadedGenerator
+from mtlue_cli.hub import CARD, CONFIG, RECORD, WEIGHTS, LoadedGenerator, upload_errors
 
 VERIFY_RESULT = "verify.json"
 
@@ -120,22 +120,13 @@ def push_generator(folder: Path, repo_id: str, private: bool = False, revision: 
                    token: str | None = None) -> str:
     """Upload an exported folder with huggingface_hub; returns the commit URL."""
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
 
     api = HfApi(token=token)
-    try:
+    with upload_errors(repo_id, WeightsError, "Without network access, copy the folder to a connected machine "
+                       "and push it from there"):
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         if revision:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, revision=revision,
                                  commit_message="Upload MTL-UE generator with mtlue")
-    except HfHubHTTPError as exc:
-        status = getattr(getattr(exc, "response", None), "status_code", None)
-        if status in (401, 403):
-            raise WeightsError(f"the Hub refused the upload to {repo_id} ({status}): set HF_TOKEN or run "
-                               "`hf auth login` with a write token") from None
-        raise WeightsError(f"upload to {repo_id} failed: {exc}") from None
-    except (OSError, ValueError) as exc:
-        raise WeightsError(f"upload to {repo_id} failed: {exc}. Without network access, copy the folder "
-                           "to a connected machine and push it from there") from None
     return str(getattr(info, "commit_url", info))

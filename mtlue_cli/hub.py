@@ -10,13 +10,15 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from mtlue_cli import __version__
-from mtlue_cli.errors import WeightsError
+from mtlue_cli.errors import MtlueError, WeightsError
 
 WEIGHTS, CONFIG, RECORD, CARD = "model.safetensors", "config.json", "fit_record.json", "README.md"
 REPO_ID = re.compile(r"^(?:hf://)?([A-Za-z0-9][\w.-]*/[\w.-]+)(?:@([\w./-]+))?$")
@@ -187,6 +189,23 @@ def _bundled(name: str) -> Path | None:
     folder = resources.files("mtlue_cli.pretrained").joinpath(name)
     path = Path(str(folder))
     return path if path.is_dir() else None
+
+
+@contextmanager
+def upload_errors(repo_id: str, error: type[MtlueError], offline_hint: str) -> Iterator[None]:
+    """Turn a failed Hub upload (refused token, network, offline mode) into one clear `error`."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        yield
+    except HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status in (401, 403):
+            raise error(f"the Hub refused the upload to {repo_id} ({status}): set HF_TOKEN or run "
+                        "`hf auth login` with a write token") from None
+        raise error(f"upload to {repo_id} failed: {exc}") from None
+    except (OSError, ValueError) as exc:
+        raise error(f"upload to {repo_id} failed: {str(exc).rstrip('.')}. {offline_hint}") from None
 
 
 def _download(repo_id: str, revision: str | None, cache_dir: Path | None) -> Path:

@@ -23,6 +23,7 @@ from typing import Any
 from mtlue_cli.dataset_card import MANIFEST_COPY, RUN_COPY, VERIFY_COPY, dataset_card
 from mtlue_cli.errors import ConfigError, FileProblem, MtlueError
 from mtlue_cli.events import OnEvent, log, noop
+from mtlue_cli.hub import upload_errors
 from mtlue_cli.protect import LABELS, MANIFEST, RUN, XMP_NO_AI
 
 CARD, METADATA = "README.md", "metadata.csv"
@@ -426,10 +427,10 @@ def upload(folder: Path, repo_id: str, private: bool = False, revision: str | No
     """Upload the folder as a dataset repo (resumable: rerun the same command after an interruption)."""
     import huggingface_hub
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
 
     api = HfApi(token=token)
-    try:
+    with upload_errors(repo_id, PublishError, f"The folder {folder} is kept: rerun the same command when online, "
+                       f"or upload it from a connected machine with `hf upload {repo_id} {folder.name} --repo-type dataset`"):
         repo = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
         if revision:
             api.create_branch(repo_id, branch=revision, repo_type="dataset", exist_ok=True)
@@ -442,16 +443,6 @@ def upload(folder: Path, repo_id: str, private: bool = False, revision: str | No
         else:
             api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=str(folder), revision=revision,
                               commit_message="Upload MTL-UE protected dataset with mtlue")
-    except HfHubHTTPError as exc:
-        status = getattr(getattr(exc, "response", None), "status_code", None)
-        if status in (401, 403):
-            raise PublishError(f"the Hub refused the upload to {repo_id} ({status}): set HF_TOKEN or run "
-                               "`hf auth login` with a write token") from None
-        raise PublishError(f"upload to {repo_id} failed: {exc}") from None
-    except (OSError, ValueError) as exc:
-        raise PublishError(f"upload to {repo_id} failed: {str(exc).rstrip('.')}. The folder {folder} is kept: rerun the "
-                           "same command when online, or upload it from a connected machine with "
-                           f"`hf upload {repo_id} {folder.name} --repo-type dataset`") from None
     url = str(getattr(repo, "url", repo) or f"https://huggingface.co/datasets/{repo_id}")
     return url + (f"/tree/{revision}" if revision else "")
 

@@ -100,3 +100,15 @@ def tiny_csv_dataset(tmp_path: Path) -> TinyDataset:
 def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """verify caches clean baselines under MTLUE_CACHE_DIR: keep tests out of the user's cache."""
     monkeypatch.setenv("MTLUE_CACHE_DIR", str(tmp_path / "mtlue-cache"))
+
+
+@pytest.fixture()
+def one_thread():
+    """Torch on one thread: tiny tensors gain nothing from threads, and on a busy 2-core machine spinning
+    threads cost seconds."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -7,12 +7,7 @@ from mtlue_cli.defenses import ALL, expand_defenses, prepare
 from mtlue_cli.errors import ConfigError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_defense_all_parses_to_the_full_list():

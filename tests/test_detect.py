@@ -6,13 +6,7 @@ import torch
 from mtlue_cli.detect import detect
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors gain nothing from threads, and on a busy 2-core machine spinning threads cost seconds.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def images_and_labels(n: int = 300) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

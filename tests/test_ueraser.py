@@ -6,13 +6,7 @@ import torch
 from mtlue_cli.ueraser import plasma, ueraser_lite
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors gain nothing from threads, and on a busy 2-core machine spinning threads cost seconds.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_ueraser_lite_changes_images_but_keeps_shape_dtype_and_range():

@@ -190,14 +190,10 @@ class TinyVictim(torch.nn.Module):
 
 
 @pytest.fixture()
-def tiny_victim(monkeypatch):
+def tiny_victim(monkeypatch, one_thread):
     import mtlue_cli.classifiers
 
     monkeypatch.setattr(mtlue_cli.classifiers, "MTLClassifier", TinyVictim)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors; on a busy 2-core machine spinning threads cost seconds
-    yield
-    torch.set_num_threads(threads)
 
 
 TINY = dataclasses.replace(CFG, epochs=2)
