@@ -101,7 +101,8 @@ def run_demo(out: Path, generator: str = DEMO_ALIAS, images: int = 800, epochs: 
     protected = out / "protected"
     protect_cfg = ProtectConfig(holdout=0.2, seed=seed, device=device, overwrite=True, preview=6)
     protect_report = protect_dataset(loaded, data, protected, protect_cfg, on_event)
-    verify_cfg = VerifyConfig(epochs=epochs, seed=seed, device=device, batch_size=64,
+    # A fixed epoch count, not verify's time budget: the demo's verdict must not depend on how busy the machine is.
+    verify_cfg = VerifyConfig(epochs=epochs, seed=seed, device=device, batch_size=64, time_budget=None,
                               defenses=("none", "grayscale", "jpeg10", "bdr2"))
     verify_report = verify(dataclasses.replace(data, size=size), protected, verify_cfg, on_event=on_event)
     return DemoReport(data_dir, protected, protect_report, verify_report, generator)
