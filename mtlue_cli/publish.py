@@ -24,6 +24,7 @@ from mtlue_cli.dataset_card import MANIFEST_COPY, RUN_COPY, VERIFY_COPY, dataset
 from mtlue_cli.errors import ConfigError, FileProblem, MtlueError
 from mtlue_cli.events import OnEvent, log, noop
 from mtlue_cli.hub import upload_errors
+from mtlue_cli.shard import read_entries
 from mtlue_cli.protect import LABELS, MANIFEST, RUN, XMP_NO_AI
 
 CARD, METADATA = "README.md", "metadata.csv"
@@ -119,14 +120,7 @@ def check_folder(out: Path, allow_failed: bool = False, on_event: OnEvent | None
     if run is None:  # protect writes run.json last: without it the run did not finish
         raise PublishRefused(f"{out} has no readable {RUN}: the protect run did not finish. Rerun the same "
                              "`mtlue protect ... --resume` to the end, then publish")
-    lines: list[dict[str, Any]] = []
-    for line in (out / MANIFEST).read_text(encoding="utf-8").splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue  # a line cut by a crash; its file was redone or is caught below
-        if isinstance(entry, dict) and entry.get("source"):
-            lines.append(entry)
+    lines = read_entries(out / MANIFEST)  # a line cut by a crash is skipped; its file was redone or is caught below
     written = {e["output"]: e for e in lines if e.get("status") in ("ok", "resumed") and e.get("output")}  # last wins
     with (out / LABELS).open(newline="", encoding="utf-8") as fh:
         table = list(csv.reader(fh))

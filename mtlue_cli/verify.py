@@ -18,6 +18,7 @@ from mtlue_cli.config import milestones as lr_milestones
 from mtlue_cli.data import MultiTaskImageDataset, load_dataset, majority_baseline, read_labels, split_indices
 from mtlue_cli.errors import ConfigError, DatasetError
 from mtlue_cli.events import OnEvent, log, noop
+from mtlue_cli.shard import read_entries
 from mtlue_cli.verdict import DefenseProfile, TaskRow, VerifyReport, judge, profile  # noqa: F401 (the public names)
 
 MANIFEST, LABELS, RUN = "manifest.jsonl", "labels.csv", "run.json"
@@ -25,17 +26,8 @@ MANIFEST, LABELS, RUN = "manifest.jsonl", "labels.csv", "run.json"
 
 def _source_map(protected: Path) -> dict[str, str]:
     """Protected output path -> clean source path, from protect's manifest (names may have changed)."""
-    manifest = protected / MANIFEST
-    mapping: dict[str, str] = {}
-    if manifest.is_file():
-        for line in manifest.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if entry.get("output") and entry.get("status") in ("ok", "resumed"):
-                mapping[entry["output"]] = entry["source"]
-    return mapping
+    return {e["output"]: e["source"] for e in read_entries(protected / MANIFEST)
+            if e.get("output") and e.get("status") in ("ok", "resumed")}
 
 
 def _load(cfg: DataConfig, on_event: OnEvent) -> MultiTaskImageDataset:
@@ -312,7 +304,7 @@ def _cache_key(train: MultiTaskImageDataset, test: MultiTaskImageDataset, cfg: V
     # adv_train stays in: the clean victim is trained adversarially too. time_budget is out: the epochs
     # it chose are in the recipe already.
     recipe = {k: v for k, v in asdict(cfg).items()
-              if k not in ("defenses", "stl", "threshold", "device", "cache", "time_budget", "detect", "plot")}
+              if k not in ("defenses", "stl", "threshold", "device", "cache", "time_budget", "detect", "plot", "profile")}
     h = hashlib.sha256(json.dumps([recipe, res, crop, defense], sort_keys=True, default=str).encode())
     h.update(train.fingerprint().encode())
     h.update(test.fingerprint().encode())
@@ -321,15 +313,10 @@ def _cache_key(train: MultiTaskImageDataset, test: MultiTaskImageDataset, cfg: V
 
 def _quality(protected: Path) -> dict[str, float]:
     """Image-quality stats of the protected files, as measured on the written files by `protect`."""
-    manifest = protected / MANIFEST
-    if not manifest.is_file():
+    if not (protected / MANIFEST).is_file():
         return {}
     linfs, psnrs, ssims = [], [], []
-    for line in manifest.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
+    for entry in read_entries(protected / MANIFEST):
         if entry.get("status") in ("ok", "resumed") and entry.get("linf_255") is not None:
             linfs.append(entry["linf_255"])
             if entry.get("psnr") not in (None, float("inf")):
