@@ -34,13 +34,15 @@ sys.path.insert(0, str(HERE.parent))
 from mtlue_cli import __version__  # noqa: E402
 from mtlue_cli.classifiers import MTLClassifier  # noqa: E402
 from mtlue_cli.config import DataConfig, FitConfig, ProtectConfig, VerifyConfig, default_crop  # noqa: E402
-from mtlue_cli.data import load_dataset, open_image, read_labels, split_indices, to_working  # noqa: E402
-from mtlue_cli.engine import (ClassifierTrainer, augment, evaluate, resolve_device, seed_everything,  # noqa: E402
+from mtlue_cli.data import load_dataset, split_indices  # noqa: E402
+from mtlue_cli.engine import (ClassifierTrainer, augment, resolve_device, seed_everything,  # noqa: E402
                               to_float, train_classifier)
 from mtlue_cli.fit import fit_generator  # noqa: E402
 from mtlue_cli.generator import PerturbationGenerator  # noqa: E402
 from mtlue_cli.hub import LoadedGenerator, load_generator  # noqa: E402
-from mtlue_cli.losses import embedding_regulariser, sep_loss, shifted_targets, tap_loss  # noqa: E402
+from mtlue_cli.images import open_image, to_working  # noqa: E402
+from mtlue_cli.labels import read_labels  # noqa: E402
+from mtlue_cli.losses import embedding_regulariser, sep_loss, tap_loss  # noqa: E402
 from mtlue_cli.protect import protect_dataset, resolve_workers  # noqa: E402
 from mtlue_cli.verify import verify  # noqa: E402
 from strength import write_section as replace_section  # noqa: E402  (benchmarks/ is the script's folder)
@@ -217,8 +219,8 @@ def protect_steps(paths: list[Path], g: nn.Module, size: int) -> list[str]:
 
     from PIL import Image
 
-    from mtlue_cli.encode import compose, upsample
-    from mtlue_cli.metrics import linf, psnr, ssim
+    from mtlue_cli.encode import measure
+    from mtlue_cli.images import protect_image
 
     steps: dict[str, float] = {}
 
@@ -242,15 +244,11 @@ def protect_steps(paths: list[Path], g: nn.Module, size: int) -> list[str]:
             d = step("decode JPEG", lambda: open_image(path))
             step("resize to the working size", lambda: np.asarray(to_working(d.image, size)))
             delta = torch.rand(3, size, size) * (16 / 255) - 8 / 255
-            w, h = d.image.size
-            up = step("upsample δ", lambda: upsample(delta, h, w, 8 / 255))
-            pixels = step("compose", lambda: compose(d, up))
+            protected = step("upsample δ + compose (in bands of rows)", lambda: protect_image(d.image, delta, 8 / 255))
             buf = io.BytesIO()
-            step("PNG encode (protected pixels)", lambda: Image.fromarray(pixels).save(buf, "PNG"))
-            back = step("re-read the written PNG", lambda: np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")))
-            original = np.asarray(d.image)
-            step("L-inf + PSNR", lambda: (linf(back, original), psnr(back, original)))
-            step("SSIM", lambda: ssim(back, original))
+            step("PNG encode (protected pixels)", lambda: protected.save(buf, "PNG"))
+            back = step("re-read the written PNG", lambda: Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+            step("L-inf + PSNR + SSIM (in bands of rows)", lambda: measure(back, d.image))
             step("sha256 in + out", lambda: (hashlib.sha256(path.read_bytes()).hexdigest(), hashlib.sha256(buf.getvalue()).hexdigest()))
             step("ceiling: PNG encode (original pixels)", lambda: d.image.save(io.BytesIO(), "PNG"))
     finally:

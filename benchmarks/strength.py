@@ -64,8 +64,9 @@ def run_variant(name: str, fields: dict[str, Any], args: argparse.Namespace) -> 
 
     torch.set_num_threads(max(1, args.threads))
     from mtlue_cli.config import FIT_RECIPES, DataConfig, FitConfig, ProtectConfig, VerifyConfig, make_config
-    from mtlue_cli.data import load_dataset, split_indices
-    from mtlue_cli.fit import fit_generator
+    from mtlue_cli.data import held_out
+    from mtlue_cli.fitting import fit_folder
+    from mtlue_cli.labels import read_labels
     from mtlue_cli.hub import load_generator
     from mtlue_cli.protect import protect_dataset
     from mtlue_cli.verify import verify
@@ -77,7 +78,7 @@ def run_variant(name: str, fields: dict[str, Any], args: argparse.Namespace) -> 
     # make_config skips None overrides (they mean "not given"); a variant's explicit null lifts the recipe's value.
     cfg = dataclasses.replace(cfg, **{k: None for k, v in fields.items() if v is None})
     gen_dir = work / "generator"
-    data = DataConfig(root=data_root / "images", labels=data_root / "labels.csv", size=cfg.image_size)
+    data = DataConfig(root=data_root / "images", labels=data_root / "labels.csv")
     fit_data = data
     if args.transfer:
         fit_data, data = (dataclasses.replace(data, root=root, labels=labels)
@@ -88,10 +89,9 @@ def run_variant(name: str, fields: dict[str, Any], args: argparse.Namespace) -> 
         fit = json.loads((gen_dir / "fit_record.json").read_text())["result"]
     else:
         shutil.rmtree(gen_dir, ignore_errors=True)
-        full = load_dataset(fit_data)
-        train_idx = list(range(len(full))) if args.transfer else split_indices(full.records, 0.2, 0)[0]
-        result = fit_generator(full.subset(train_idx), cfg, gen_dir)
-        fit = dataclasses.asdict(result)
+        table = read_labels(fit_data)
+        exclude = set() if args.transfer else held_out(table.records, 0.2, 0)  # protect's --holdout 0.2 --seed 0
+        fit = dataclasses.asdict(fit_folder(fit_data, cfg, gen_dir, table=table, exclude=exclude).result)
         fit["out"] = str(fit["out"])
     record = {"name": name, "transfer": args.transfer, "fit": {k: v for k, v in fit.items() if k != "history"}, "history": fit.get("history", []),
               "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-ARCHS = ("resnet18", "resnet50", "vgg16", "densenet121", "vit_b_16")
-STEMS = ("imagenet", "cifar")
+from mtlue_cli.config import ARCHS, CLASSIFIER_STEMS
+
 SHARED_FEATURES = 256  # §6.1
 _VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
@@ -116,8 +116,8 @@ class MTLClassifier(nn.Module):
             raise ValueError(f"num_classes needs one entry >= 2 per task, got {num_classes}")
         if arch not in ARCHS:
             raise ValueError(f"unknown arch {arch!r}: use one of {', '.join(ARCHS)}")
-        if stem not in STEMS:
-            raise ValueError(f"unknown stem {stem!r}: use one of {', '.join(STEMS)}")
+        if stem not in CLASSIFIER_STEMS:
+            raise ValueError(f"unknown stem {stem!r}: use one of {', '.join(CLASSIFIER_STEMS)}")
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 (grey) or 3 (RGB), got {in_channels}")
         if arch == "vit_b_16" and (image_size < 16 or image_size % 16):

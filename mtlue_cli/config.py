@@ -1,26 +1,117 @@
-"""Frozen configuration dataclasses and the presets that hold the paper's numbers.
+"""Frozen configuration dataclasses, the presets that hold the paper's numbers, and their validation.
 
 Every CLI flag maps to one field of the same name (style rule 3). Presets are plain dicts of field
-values; `make_config` applies a preset, then the user's explicit flags on top.
+values; `make_config` applies a preset, then the user's explicit flags on top. Each dataclass checks its
+own fields when it is built (`__post_init__`), so a bad option is a `ConfigError` that names the field,
+the value and what is allowed before any work starts. The allowed values live here, once; the modules
+that use them (generator, classifiers, losses, robust, hub) import them. No torch here: `mtlue --help`
+imports this module.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from mtlue_cli.errors import ConfigError
 
-SQUEEZES = ("identity", "grayscale", "jpeg", "bits", "blur")  # robust.SQUEEZES without importing torch
+SQUEEZES = ("identity", "grayscale", "jpeg", "bits", "blur")  # robust.random_squeeze draws from these
 
 # Named strengths map to an explicit L-inf budget (ecosystem §1.6, §5 "Presets").
 EPSILON_PRESETS: dict[str, float] = {"low": 4 / 255, "medium": 8 / 255, "high": 16 / 255}
+MAX_EPSILON = 64 / 255  # the largest budget any option or generator config may ask for
 
 LAYOUTS = ("auto", "csv", "folder", "utkface", "celeba")
+SPLITS = ("train", "valid", "test", "all")  # CelebA partitions
+CACHES = ("auto", "memory", "mmap")
 METHODS = ("em", "tap", "sep")
+STEM_DOWNSAMPLING = {"cifar": 2, "imagenet": 8}  # generator stem -> side of x over side of z (§2.1)
+GENERATOR_STEMS = tuple(STEM_DOWNSAMPLING)
+CONDITIONINGS = ("full", "classwise", "z_only")  # §2.2 ablations
+BOUNDS = ("clamp", "tanh")
+WIDTHS = (16, 32, 64)  # 64 = the paper's ResNet-18 stem width (§2.1)
+ER_FORMS = ("code", "paper")  # intra-task regulariser forms (§3.1)
+BINARY_MODES = ("untargeted", "targeted")  # TAP on binary tasks (§3.2, §13.6)
+TAP_BINARY = ("auto", *BINARY_MODES)
+EM_STOP_MODES = ("eval", "train")  # BN mode of the EM stop check (§14.1)
+ARCHS = ("resnet18", "resnet50", "vgg16", "densenet121", "vit_b_16")  # surrogate and victim trunks (§6.1)
+CLASSIFIER_STEMS = ("imagenet", "cifar")
+AMPS = ("auto", "bf16", "fp16", "off")
+FORMATS = ("png", "webp", "jpeg")
+METADATA = ("strip", "keep-safe", "keep-all")
+WEIGHTINGS = ("ew", "uw", "rlw")  # §6.5
+METRICS = ("acc", "auc")  # §6.4
 DEVICES_HELP = "auto|cpu|cuda|cuda:N|mps"
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+MIN_SIZE = 8  # the smallest crop (default_crop) and image side anything is trained at
+
+
+# ----------------------------------------------------------------------------- field checks
+
+
+def _bad(name: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"--{name.replace('_', '-')} {value!r} is not allowed: use {allowed}")
+
+
+def _choice(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
+    if value not in allowed:
+        raise _bad(name, value, "one of " + ", ".join(map(str, allowed)))
+
+
+def _integer(name: str, value: Any, low: int, high: int | None = None, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        allowed = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
+        raise _bad(name, value, allowed + (", or none" if optional else ""))
+
+
+def _number(name: str, value: Any, low: float, high: float = math.inf, *, low_open: bool = False,
+            high_open: bool = False, optional: bool = False, shown: str = "") -> None:
+    """`value` in the interval from `low` to `high`, each end open or closed (shown as `shown` if given)."""
+    if optional and value is None:
+        return
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+    if not number or value < low or (low_open and value == low) or value > high or (high_open and value == high):
+        if not shown and high == math.inf:
+            shown = f"{'>' if low_open else '>='} {low:g}"
+        elif not shown:
+            shown = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise _bad(name, value, f"a number {shown}" + (", or none" if optional else ""))
+
+
+def _milestones(name: str, value: Any) -> None:
+    if value is not None:
+        for epoch in value:
+            _integer(name, epoch, 0)
+
+
+def _suits_stem(name: str, size: int, stem: str) -> None:
+    """The decoder upsamples z back to exactly the input size only from a multiple of the stem's factor (§2.1)."""
+    factor = STEM_DOWNSAMPLING[stem]
+    if size % factor:
+        raise _bad(name, size, f"a multiple of {factor} (the {stem} stem downsamples {factor}x)")
+
+
+def _patches(name: str, arch: str, crop: int) -> None:
+    """vit_b_16 cuts its input into 16-px patches: the crop it trains on must be a multiple of 16."""
+    if arch == "vit_b_16" and crop % 16:
+        raise ConfigError(f"--{name} vit_b_16 reads 16-px patches, but its crop is {crop} px (128/140 of the "
+                          "working size unless --crop is given): use a crop that is a multiple of 16, e.g. a "
+                          "working size of 70 or 140")
+
+
+def _run_fields(config: Any) -> None:
+    """The fields every command's config shares: the seed, the device and the autocast mode."""
+    if isinstance(config.seed, bool) or not isinstance(config.seed, int):
+        raise _bad("seed", config.seed, "an integer")
+    if not isinstance(config.device, str) or not _DEVICE.fullmatch(config.device.strip().lower()):
+        raise _bad("device", config.device, DEVICES_HELP)
+    _choice("amp", config.amp, AMPS)
 
 
 @dataclass(frozen=True)
@@ -38,6 +129,13 @@ class DataConfig:
     skip_bad: bool = False
     cache: str = "auto"  # auto|memory|mmap: where the decoded uint8 images live
     workers: int = 2  # decode threads
+
+    def __post_init__(self) -> None:
+        _choice("layout", self.layout, LAYOUTS)
+        _choice("split", self.split, SPLITS)
+        _choice("cache", self.cache, CACHES)
+        _integer("size", self.size, MIN_SIZE)
+        _integer("workers", self.workers, 0)
 
 
 @dataclass(frozen=True)
@@ -74,7 +172,7 @@ class FitConfig:
     conditioning: str = "full"  # full|classwise|z_only (§2.2 ablations)
     bound: str = "clamp"  # clamp (the paper's hard ±ε, §2.3) | tanh (ε·tanh: gradients on every pixel)
     width: int = 64  # generator encoder width (§2.1: 64); 32 is ~3x faster on a CPU but weaker (RESULTS.md)
-    robust: tuple[str, ...] = ()  # squeezes drawn per batch in the generator loop (robust.SQUEEZES); () = the paper
+    robust: tuple[str, ...] = ()  # squeezes drawn per batch in the generator loop (SQUEEZES); () = the paper
     robust_surrogate: bool = False  # TAP/SEP surrogate trained on the same squeezes (needs `robust`)
     # With robust_surrogate: unsqueezed batches attack the clean surrogate, squeezed ones the squeeze-trained one.
     paired_surrogates: bool = False
@@ -85,6 +183,42 @@ class FitConfig:
     amp: str = "auto"  # auto|bf16|fp16|off (autocast on CUDA only)
     checkpoint_every: int = 5
     resume: bool = False
+
+    def __post_init__(self) -> None:
+        _choice("method", self.method, METHODS)
+        _number("epsilon", self.epsilon, 0, MAX_EPSILON, low_open=True, shown="in (0, 64/255]")
+        _choice("stem", self.stem, GENERATOR_STEMS)
+        _integer("image_size", self.image_size, MIN_SIZE)
+        _suits_stem("image_size", self.image_size, self.stem)
+        for name in ("epochs", "batch_size", "surrogate_epochs", "sep_every", "em_train_steps", "checkpoint_every"):
+            _integer(name, getattr(self, name), 1)
+        _integer("scheduler_steps_per_epoch", self.scheduler_steps_per_epoch, 1, optional=True)
+        _integer("crop", self.crop, MIN_SIZE, self.image_size, optional=True)
+        _milestones("milestones", self.milestones)
+        _milestones("surrogate_milestones", self.surrogate_milestones)
+        _number("lr", self.lr, 0, low_open=True)
+        for name in ("weight_decay", "lambda_intra", "lambda_inter"):
+            _number(name, getattr(self, name), 0)
+        _number("stop_error", self.stop_error, 0, 1, optional=True)
+        _number("stop_acc", self.stop_acc, 0, 1, optional=True)
+        _number("time_budget", self.time_budget, 0, low_open=True, optional=True)
+        _choice("intra_form", self.intra_form, ER_FORMS)
+        _choice("tap_binary", self.tap_binary, TAP_BINARY)
+        _choice("surrogate", self.surrogate, ARCHS)
+        _patches("surrogate", self.surrogate, self.crop or default_crop(self.image_size))
+        _choice("surrogate_stem", self.surrogate_stem, CLASSIFIER_STEMS)
+        _choice("em_stop_mode", self.em_stop_mode, EM_STOP_MODES)
+        _choice("conditioning", self.conditioning, CONDITIONINGS)
+        _choice("bound", self.bound, BOUNDS)
+        _choice("width", self.width, WIDTHS)
+        for squeeze in self.robust:
+            _choice("robust", squeeze, SQUEEZES)
+        if self.robust_surrogate and not self.robust:
+            raise ConfigError("--robust-surrogate trains the surrogate on the --robust squeezes: give some")
+        if self.paired_surrogates and not self.robust_surrogate:
+            raise ConfigError("--paired-surrogates pairs the clean surrogate with the squeeze-trained one: "
+                              "it needs --robust-surrogate")
+        _run_fields(self)
 
 
 @dataclass(frozen=True)
@@ -105,6 +239,16 @@ class ProtectConfig:
     seed: int = 0
     device: str = "auto"
     amp: str = "auto"
+
+    def __post_init__(self) -> None:
+        _choice("format", self.format, FORMATS)
+        _integer("quality", self.quality, 1, 100)
+        _choice("metadata", self.metadata, METADATA)
+        _integer("batch_size", self.batch_size, 1)
+        _integer("workers", self.workers, 0)
+        _integer("preview", self.preview, 0)
+        _number("holdout", self.holdout, 0, 1, high_open=True)
+        _run_fields(self)
 
 
 @dataclass(frozen=True)
@@ -140,6 +284,27 @@ class VerifyConfig:
     detect: bool = False  # linear-probe detectability of the protected set vs the originals (detect.py)
     plot: Path | None = None  # PNG of the victims' test accuracy per epoch (plot.py; needs the `plot` extra)
 
+    def __post_init__(self) -> None:
+        _choice("victim", self.victim, ARCHS)
+        if self.crop is not None:  # else the crop follows the images' size (verify)
+            _patches("victim", self.victim, self.crop)
+        _choice("victim_stem", self.victim_stem, CLASSIFIER_STEMS)
+        _integer("epochs", self.epochs, 1)
+        _integer("batch_size", self.batch_size, 1)
+        _milestones("milestones", self.milestones)
+        _integer("res", self.res, MIN_SIZE, optional=True)
+        _integer("crop", self.crop, MIN_SIZE, self.res, optional=True)
+        _number("lr", self.lr, 0, low_open=True)
+        _number("weight_decay", self.weight_decay, 0)
+        _choice("weighting", self.weighting, WEIGHTINGS)
+        _choice("metric", self.metric, METRICS)
+        _number("test_split", self.test_split, 0, 1, high_open=True)
+        _number("threshold", self.threshold, 0)
+        _number("time_budget", self.time_budget, 0, low_open=True, optional=True)
+        if isinstance(self.defenses, str) or not self.defenses or not all(isinstance(d, str) for d in self.defenses):
+            raise _bad("defenses", self.defenses, "a non-empty tuple of defence names")
+        _run_fields(self)
+
 
 # Recipes: whole-run presets. "paper-*" hold the published settings; "quick" is sized for a 2-core CPU
 # (method-spec §14.3: a 64-px generator epoch over 2,400 images costs ~3.5 min there), so it shrinks
@@ -147,13 +312,16 @@ class VerifyConfig:
 FIT_RECIPES: dict[str, dict[str, Any]] = {
     "paper-utkface": dict(image_size=140, batch_size=128, epochs=100, surrogate_epochs=60),
     "paper-celeba": dict(image_size=70, batch_size=512, epochs=100, surrogate_epochs=60),
-    # Our CPU default (issue: protection by default). Measured on UTKFace (benchmarks/RESULTS.md): the
-    # surrogate's accuracy on x+δ plateaus after ~15-20 generator epochs at 32 px, so a 19-minute budget
-    # (20 with loading and saving) on 2 cores buys the paper's full-width generator (§2.1) ~19 epochs; ε·tanh instead of the hard clamp
-    # (§2.3: the clamp passes gradient through ~2% of pixels at init); squeeze training (robust.py).
+    # Our CPU default (issue: protection by default). Measured on UTKFace (benchmarks/RESULTS.md): a 64-px
+    # working size with the generator's ImageNet stem (deviation from §2.1, which uses the CIFAR stem for 70 and
+    # 140 px: the 8x-down encoder makes a 64-px step cheaper on a CPU than the CIFAR stem's 32-px one, 102 vs
+    # 62 img/s) held every cheap squeeze on the mean where the 32-px CIFAR stem did not (grayscale 42.4% vs
+    # 50.7%); a 19-minute budget (20 with loading and saving) buys ~30 epochs over 2,400 images on 2 cores;
+    # ε·tanh instead of the hard clamp (§2.3: the clamp passes gradient through ~2% of pixels at init); squeeze
+    # training (robust.py). `--stem cifar --size 32` is the previous default.
     "quick": dict(
-        image_size=32, batch_size=64, epochs=60, surrogate_epochs=12, sep_every=2, checkpoint_every=4,
-        width=64, bound="tanh", robust=SQUEEZES, time_budget=1140.0,
+        image_size=64, stem="imagenet", batch_size=64, epochs=60, surrogate_epochs=12, sep_every=2,
+        checkpoint_every=4, width=64, bound="tanh", robust=SQUEEZES, time_budget=1140.0,
     ),
     # The GPU default: the same choices at 64 px, where the method reaches its strongest (method-spec §14.4).
     "strong": dict(
@@ -198,7 +366,7 @@ def parse_epsilon(text: str) -> float:
             f"epsilon {text!r} is not a number: write e.g. 8/255, 0.0314, 8 or one of "
             f"{', '.join(EPSILON_PRESETS)}"
         ) from None
-    if not 0 < value <= 64 / 255:
+    if not 0 < value <= MAX_EPSILON:
         raise ConfigError(f"epsilon {text!r} = {value:.4f} is outside (0, 64/255]")
     return value
 

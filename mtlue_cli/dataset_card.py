@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 from mtlue_cli.errors import FileProblem
+from mtlue_cli.verdict import broken_text
 
 MANIFEST_COPY, RUN_COPY, VERIFY_COPY = "mtlue-manifest.jsonl", "mtlue-run.json", "mtlue-verify.json"
 
@@ -48,8 +49,7 @@ def _verify_section(verify: dict[str, Any] | None) -> list[str]:
         lines += ["", f"Verdict: **effective**: every task within {threshold:g} points of the majority class"
                   + (f", also after {', '.join(extra)}." if extra else ".")]
     else:
-        broken = "; ".join(f"{', '.join(t)} " + ("with no defence" if d == "none" else f"after {d}")
-                           for d, t in (verify.get("broken_by") or {}).items())
+        broken = broken_text(verify.get("broken_by") or {})
         lines += ["", f"Verdict: **not effective**: above the majority class + {threshold:g} points for {broken or '?'}."]
     return lines
 

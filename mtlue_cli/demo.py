@@ -7,7 +7,6 @@ size (small/large) and position (top/bottom). No download, no data of the user's
 from __future__ import annotations
 
 import csv
-import dataclasses
 import math
 import random
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from mtlue_cli.config import DataConfig, ProtectConfig, VerifyConfig
 from mtlue_cli.events import OnEvent, log, noop
+from mtlue_cli.files import atomic_write
 
 SHAPES = ("circle", "square", "triangle")
 SIZES = ("small", "large")
@@ -66,10 +66,14 @@ def make_shapes(out: Path, n: int = 800, size: int = 32, seed: int = 0, contrast
         name = f"{i:04d}.png"
         img.save(images / name)
         rows.append((name, shape, scale, position))
-    with (out / "labels.csv").open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "shape", "size", "position"])
-        writer.writerows(rows)
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["path", "shape", "size", "position"])
+            writer.writerows(rows)
+
+    atomic_write(out / "labels.csv", write)  # written last, and whole: its presence means the set is complete
     return out
 
 
@@ -95,14 +99,12 @@ def run_demo(out: Path, generator: str = DEMO_ALIAS, images: int = 800, epochs: 
     if not (data_dir / "labels.csv").is_file():
         log(on_event, f"writing {images} synthetic images to {data_dir / 'images'}")
         make_shapes(data_dir, n=images, seed=seed)
-    loaded = load_generator(generator)
-    size = loaded.model.image_size
-    data = DataConfig(root=data_dir / "images", labels=data_dir / "labels.csv", size=size)
+    data = DataConfig(root=data_dir / "images", labels=data_dir / "labels.csv")
     protected = out / "protected"
     protect_cfg = ProtectConfig(holdout=0.2, seed=seed, device=device, overwrite=True, preview=6)
-    protect_report = protect_dataset(loaded, data, protected, protect_cfg, on_event)
+    protect_report = protect_dataset(load_generator(generator), data, protected, protect_cfg, on_event)
     # A fixed epoch count, not verify's time budget: the demo's verdict must not depend on how busy the machine is.
     verify_cfg = VerifyConfig(epochs=epochs, seed=seed, device=device, batch_size=64, time_budget=None,
                               defenses=("none", "grayscale", "jpeg10", "bdr2"))
-    verify_report = verify(dataclasses.replace(data, size=size), protected, verify_cfg, on_event=on_event)
+    verify_report = verify(data, protected, verify_cfg, on_event=on_event)
     return DemoReport(data_dir, protected, protect_report, verify_report, generator)

@@ -1,146 +1,74 @@
 """One protected file: δ upsampled onto the upright original, rounded, encoded, written atomically, read back
-and measured (ecosystem §1.3-1.5, §3.4). `protect_dataset` runs `write_protected` in its worker threads.
+and measured (ecosystem §1.3-1.5, §3.4); and the preview a person looks at. `protect_dataset` runs
+`write_protected` in its worker threads. Every step works in bands of rows (images.BAND_PIXELS), so what a
+file costs beyond its own pixels is bounded whatever its size.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
 from mtlue_cli.config import ProtectConfig
-from mtlue_cli.data import Decoded, Record
 from mtlue_cli.errors import FileProblem
+from mtlue_cli.files import atomic_write
 from mtlue_cli.hub import file_sha256
-from mtlue_cli.metrics import linf, psnr, ssim
+from mtlue_cli.images import Decoded, band_rows, metadata_kwargs, open_image, protect_image, rows_of, save_image
+from mtlue_cli.labels import Record
+from mtlue_cli.metrics import linf, psnr_of, squared_error, ssim_sum, ssim_window
+from mtlue_cli.outputs import FileResult
 
-EXTENSIONS = {"png": ".png", "webp": ".webp", "jpeg": ".jpg"}
-XMP_NO_AI = (
-    '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
-    '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
-    '<rdf:Description rdf:about="" xmlns:plus="http://ns.useplus.org/ldf/xmp/1.0/">'
-    "<plus:DataMining>http://ns.useplus.org/ldf/vocab/DMI-PROHIBITED-AIMLTRAINING</plus:DataMining>"
-    '</rdf:Description></rdf:RDF></x:xmpmeta><?xpacket end="w"?>'
-)
-SAFE_EXIF_TAGS = (0x013B, 0x8298)  # Artist, Copyright: kept by --metadata keep-safe
+PREVIEW_CROP = 256  # px of the native-resolution files shown per tile (the centre of each image)
+PREVIEW_TILE = 128  # smaller crops are enlarged, pixel-exact, to at least this
 
 
-@dataclass
-class FileResult:
-    source: str
-    output: str | None
-    status: str  # ok | failed | resumed
-    reason: str = ""
-    width: int = 0
-    height: int = 0
-    mode: str = ""
-    exif_rotated: bool = False
-    linf_255: int | None = None
-    psnr: float | None = None
-    ssim: float | None = None
-    alpha_kept: bool | None = None
-    sha256_in: str = ""
-    sha256_out: str = ""
+def measure(written: Image.Image, original: Image.Image, rows: int | None = None) -> tuple[int, float, float]:
+    """L-inf (1/255 units), PSNR and SSIM of `written` against `original` (same size and mode), in bands."""
+    width, height = original.size
+    step = band_rows(width, rows)
+    worst, sse = 0, 0.0
+    for start in range(0, height, step):
+        a, b = rows_of(written, start, min(height, start + step)), rows_of(original, start, min(height, start + step))
+        worst, sse = max(worst, linf(a, b)), sse + squared_error(a, b)
+    mse = sse / (width * height * len(original.getbands()))
+    window = ssim_window(height, width)
+    if window < 3:
+        return worst, psnr_of(mse), 1.0 if worst == 0 else float("nan")
+    total, count = 0.0, 0
+    for start in range(0, height - window + 1, step):
+        stop = min(height, start + step + window - 1)  # the rows a band of SSIM map rows reads
+        s, n = ssim_sum(rows_of(written, start, stop), rows_of(original, start, stop), window)
+        total, count = total + s, count + n
+    return worst, psnr_of(mse), total / count
 
 
-def _metadata_kwargs(decoded: Decoded, cfg: ProtectConfig, fmt: str) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {}
-    if cfg.metadata in ("keep-safe", "keep-all"):
-        if decoded.info.get("icc_profile"):
-            kwargs["icc_profile"] = decoded.info["icc_profile"]
-        if decoded.info.get("exif"):
-            source = Image.Exif()
-            source.load(decoded.info["exif"])
-            exif = Image.Exif()
-            if cfg.metadata == "keep-all":
-                for tag, value in source.items():
-                    exif[tag] = value
-                # GPS and other IFDs travel with keep-all only.
-                for ifd in (0x8825, 0x8769):
-                    if ifd in source:
-                        exif[ifd] = source[ifd]
-            else:
-                for tag in SAFE_EXIF_TAGS:
-                    if tag in source:
-                        exif[tag] = source[tag]
-            exif[0x0112] = 1  # pixels are written upright
-            kwargs["exif"] = exif.tobytes()
-    if cfg.tag_no_ai:
-        if fmt == "png":
-            info = PngImagePlugin.PngInfo()
-            info.add_itxt("XML:com.adobe.xmp", XMP_NO_AI)
-            kwargs["pnginfo"] = info
-        else:
-            kwargs["xmp"] = XMP_NO_AI.encode()
-    return kwargs
-
-
-def compose(decoded: Decoded, delta: np.ndarray) -> np.ndarray:
-    """Add an upsampled δ (3,H,W) in 1/255 units to the upright original; round, clip to uint8.
-
-    Grayscale images stay single-channel: their δ is the luma combination of the RGB δ (weights sum
-    to 1, so it stays within ±ε)."""
-    original = np.asarray(decoded.image, dtype=np.float32)
-    if original.ndim == 2:
-        d = delta[0] if delta.shape[0] == 1 else 0.299 * delta[0] + 0.587 * delta[1] + 0.114 * delta[2]
-    else:
-        d = np.repeat(delta, 3, axis=0) if delta.shape[0] == 1 else delta
-        d = d.transpose(1, 2, 0)
-    return np.clip(np.rint(original + d), 0, 255).astype(np.uint8)
-
-
-def upsample(delta: Any, height: int, width: int, epsilon: float) -> np.ndarray:
-    """δ (C,S,S) at the working size -> (C,H,W) in 1/255 units, bilinear, clipped to ±ε."""
-    import torch.nn.functional as F
-
-    up = F.interpolate(delta[None].float(), size=(height, width), mode="bilinear", align_corners=False)[0]
-    return (up.clamp(-epsilon, epsilon) * 255).numpy()  # (C,H,W) in 1/255 units
-
-
-def _save(pixels: np.ndarray, alpha: Image.Image | None, path: Path, fmt: str, cfg: ProtectConfig,
-          meta: dict[str, Any]) -> None:
-    image = Image.fromarray(pixels, "L" if pixels.ndim == 2 else "RGB")
-    if alpha is not None:
-        if fmt == "jpeg":
-            raise FileProblem(str(path), "has transparency, which JPEG cannot store; use --format png or webp")
-        image.putalpha(alpha)
-    tmp = path.with_name(f".{path.name}.mtlue-tmp")
-    try:
-        if fmt == "png":
-            image.save(tmp, "PNG", **meta)
-        elif fmt == "webp":
-            image.save(tmp, "WEBP", lossless=True, quality=100, method=4, exact=True, **meta)
-        else:
-            image.save(tmp, "JPEG", quality=cfg.quality, subsampling=0, **meta)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise FileProblem(str(path), f"cannot write ({exc.strerror or exc}); check free space and permissions") from None
+def _read_back(path: Path, mode: str) -> tuple[Image.Image, Image.Image | None]:
+    """The written file's pixels in the original's mode, and its alpha channel if it has one."""
+    with open(path, "rb") as fh:  # opened here, so the loaded pixels outlive the file (see images.open_image)
+        written = Image.open(fh)
+        written.load()
+    alpha = written.getchannel("A") if "A" in written.getbands() else None
+    return (written if written.mode == mode else written.convert(mode)), alpha
 
 
 def write_protected(record: Record, decoded: Decoded, delta: Any, root: Path, out: Path, dst: str, epsilon: float,
                     cfg: ProtectConfig) -> FileResult:
     """Compose, write atomically, re-read the written file and measure what is really there."""
-    source = root / record.path
     width, height = decoded.image.size
     result = FileResult(record.path, dst, "failed", width=width, height=height, mode=decoded.source_mode,
                         exif_rotated=decoded.exif_rotated)
     try:
-        result.sha256_in = file_sha256(source)
-        pixels = compose(decoded, upsample(delta, height, width, epsilon))
+        result.sha256_in = file_sha256(root / record.path)
         target = out / dst
         target.parent.mkdir(parents=True, exist_ok=True)
-        _save(pixels, decoded.alpha, target, cfg.format, cfg, _metadata_kwargs(decoded, cfg, cfg.format))
-        with Image.open(target) as written:
-            written.load()
-            back_alpha = written.getchannel("A") if "A" in written.getbands() else None
-            back = np.asarray(written.convert(decoded.image.mode))
-        original = np.asarray(decoded.image)
-        result.linf_255, result.psnr, result.ssim = linf(back, original), psnr(back, original), ssim(back, original)
+        meta = metadata_kwargs(decoded, cfg.metadata, cfg.tag_no_ai, cfg.format)
+        save_image(protect_image(decoded.image, delta, epsilon), decoded.alpha, target, cfg.format, cfg.quality, meta)
+        back, back_alpha = _read_back(target, decoded.image.mode)
+        result.linf_255, result.psnr, result.ssim = measure(back, decoded.image)
         if decoded.alpha is not None:
             result.alpha_kept = back_alpha is not None and np.array_equal(np.asarray(back_alpha), np.asarray(decoded.alpha))
         result.sha256_out = file_sha256(target)
@@ -148,3 +76,36 @@ def write_protected(record: Record, decoded: Decoded, delta: Any, root: Path, ou
     except FileProblem as problem:
         result.reason = problem.reason
     return result
+
+
+def _centre(image: Image.Image, side: int) -> Image.Image:
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    return image.crop((left, top, left + side, top + side))
+
+
+def _tiles(original: Path, protected: Path, epsilon: float) -> list[Image.Image]:
+    """Original | protected | δ amplified to the full range: the same native-resolution centre crop of each."""
+    source = open_image(original).image.convert("RGB")
+    with Image.open(protected) as written:
+        written = written.convert("RGB")
+    side = min(PREVIEW_CROP, *source.size)
+    a, b = _centre(source, side), _centre(written, side)
+    d = np.asarray(b, np.float32) - np.asarray(a, np.float32)  # (side, side, 3) in 1/255 units
+    amplified = Image.fromarray(np.clip(np.rint((d / (2 * epsilon * 255) + 0.5) * 255), 0, 255).astype(np.uint8))
+    scale = math.ceil(PREVIEW_TILE / side)  # pixel-exact (nearest) enlargement of a small crop
+    return [t.resize((side * scale, side * scale), Image.Resampling.NEAREST) for t in (a, b, amplified)]
+
+
+def write_preview(pairs: list[tuple[Path, Path]], path: Path, epsilon: float, pad: int = 4) -> Path:
+    """A grid, one row per (original, protected file) pair: original | protected | amplified δ, each tile a
+    crop of the files at their own resolution (enlarged to PREVIEW_TILE px where the image is smaller)."""
+    rows = [_tiles(original, protected, epsilon) for original, protected in pairs]
+    width = max(3 * r[0].width for r in rows) + 4 * pad
+    canvas = Image.new("RGB", (width, sum(r[0].height for r in rows) + (len(rows) + 1) * pad), (255, 255, 255))
+    top = pad
+    for tiles in rows:
+        for k, tile in enumerate(tiles):
+            canvas.paste(tile, (pad + k * (tile.width + pad), top))
+        top += tiles[0].height + pad
+    atomic_write(path, lambda tmp: canvas.save(tmp, "PNG"))
+    return path

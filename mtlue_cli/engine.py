@@ -10,6 +10,7 @@ import contextlib
 import os
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
@@ -48,11 +49,10 @@ def resolve_device(spec: str = "auto", local_rank: int | None = None) -> torch.d
 
 
 def autocast(device: torch.device, amp: str = "auto") -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on CUDA by default (fp16 on request); full precision elsewhere."""
+    """bf16 autocast on CUDA by default (fp16 on request); full precision elsewhere. `amp` is one of
+    config.AMPS (checked by the configs)."""
     if device.type != "cuda" or amp == "off":
         return contextlib.nullcontext()
-    if amp not in ("auto", "bf16", "fp16"):
-        raise ConfigError(f"--amp must be auto, bf16, fp16 or off, not {amp!r}")
     dtype = torch.float16 if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()) else torch.bfloat16
     return torch.autocast("cuda", dtype=dtype)
 
@@ -169,6 +169,13 @@ def batch_indices(n: int, batch_size: int, shuffle: bool, gen: torch.Generator |
         yield order[start : start + batch_size]
 
 
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save through a temporary file, so an interrupted write never leaves half a checkpoint."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
 def to_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 (B,C,H,W) -> float in [0,1] on `device`; no mean/std normalisation (method-spec §14.2)."""
     return images.to(device, non_blocking=True).float().div_(255)
@@ -202,13 +209,12 @@ def center_crop(x: torch.Tensor, crop: int) -> torch.Tensor:
 
 
 class ClassifierTrainer:
-    """Adam + MultiStepLR + grad-norm clip 5 (method-spec §6.2), with EW/UW/RLW task weighting (§6.5)."""
+    """Adam + MultiStepLR + grad-norm clip 5 (method-spec §6.2), with EW/UW/RLW task weighting (§6.5;
+    `weighting` is one of config.WEIGHTINGS, checked by VerifyConfig)."""
 
     def __init__(self, model: nn.Module, num_classes: list[int], *, lr: float = 1e-3, weight_decay: float = 1e-4,
                  milestones: tuple[int, ...] = (), weighting: str = "ew", device: torch.device | None = None,
                  amp: str = "auto", dist: Dist | None = None, task_weights: torch.Tensor | None = None) -> None:
-        if weighting not in ("ew", "uw", "rlw"):
-            raise ConfigError(f"--weighting must be ew, uw or rlw, not {weighting!r}")
         self.device = device or torch.device("cpu")
         self.num_classes, self.weighting, self.amp = num_classes, weighting, amp
         self.dist = dist or Dist()
@@ -335,11 +341,10 @@ def train_classifier(
 @torch.no_grad()
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: list[int], crop: int,
              device: torch.device, batch_size: int = 256, amp: str = "auto", metric: str = "acc") -> list[float]:
-    """Per-task top-1 accuracy (or ROC-AUC, macro one-vs-rest for multi-class) on centre crops (§6.3, §6.4)."""
+    """Per-task top-1 accuracy (`metric` "acc") or ROC-AUC ("auc": macro one-vs-rest for multi-class) on centre
+    crops (§6.3, §6.4)."""
     from mtlue_cli.metrics import roc_auc
 
-    if metric not in ("acc", "auc"):
-        raise ConfigError(f"--metric must be acc or auc, not {metric!r}")
     model.eval()
     correct = torch.zeros(len(num_classes))
     scores: list[list[torch.Tensor]] = [[] for _ in num_classes]

@@ -5,89 +5,12 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 from mtlue_cli.errors import ConfigError, WeightsError
 from mtlue_cli.hub import CARD, CONFIG, RECORD, WEIGHTS, LoadedGenerator, upload_errors
+from mtlue_cli.model_card import model_card
 
 VERIFY_RESULT = "verify.json"
-
-
-def model_card(config: dict[str, Any], metadata: dict[str, str], record: dict[str, Any] | None,
-               verify_report: dict[str, Any] | None = None) -> str:
-    """README.md with Hub front matter: what the generator protects, how it was made, and its limits.
-
-    A pretrained generator's record may carry a `card` mapping (title, license, license_name,
-    license_text, training_data, results, intended_use: markdown strings) that fills in the sections
-    only its maker can write (its training data and licence, measured transfer)."""
-    tasks = config["tasks"]
-    method = metadata.get("base_method") or "unknown"
-    eps = config["epsilon"]
-    card = dict((record or {}).get("card") or {})
-    front = {
-        "library_name": "mtlue", "license": card.get("license", "other"),
-        **({"license_name": card["license_name"]} if card.get("license_name") else {}), "pipeline_tag": "image-to-image",
-        "tags": ["unlearnable-examples", "mtl-ue", "data-protection", "model_hub_mixin", f"mtl-ue-{method}"],
-        "mtlue": {"epsilon": eps, "epsilon_255": round(eps * 255, 4), "image_size": config["image_size"],
-                  "base_method": method, "tasks": tasks},
-    }
-    lines = ["---"] + [f"{k}: {json.dumps(v)}" for k, v in front.items()] + ["---", ""]
-    lines += [
-        f"# {card.get('title', 'MTL-UE perturbation generator')}", "",
-        "A generator that adds an imperceptible, label-conditioned perturbation to images so that models "
-        "trained on them learn shortcuts instead of the real features (MTL-UE, Yu et al., ICML 2025, "
-        "[arXiv 2505.05279](https://arxiv.org/abs/2505.05279)). Made with "
-        "[mtlue](https://github.com/mtlue/mtlue).", "",
-        "## Use", "", "```bash", "pip install mtlue",
-        "mtlue protect ./photos --labels labels.csv --generator THIS_REPO_OR_FOLDER --out ./photos-protected",
-        "mtlue verify --clean ./photos --protected ./photos-protected --labels labels.csv", "```", "",
-        "## What it protects", "",
-        f"- L-inf budget: {eps:.6f} ({eps * 255:.4g}/255), applied at native resolution, lossless PNG by default.",
-        f"- Working resolution: {config['image_size']} px ({config['stem']} stem); base objective: {method.upper()}.",
-        "- Tasks and classes (the labels of your images must use this vocabulary; where the names are not "
-        "numbers, the class index in brackets works too):", "",
-    ]
-    for name, classes in tasks.items():
-        numeric = any(c.lstrip("-").isdigit() for c in classes)
-        lines.append(f"  - `{name}`: " + ", ".join(f"`{c}`" if numeric else f"`{c}` ({i})" for i, c in enumerate(classes)))
-    lines += ["", "A CSV with only some of the tasks works too: the missing ones are then not protected."]
-    if config.get("unprotected"):
-        lines += ["", f"- Left learnable on purpose: {', '.join(config['unprotected'])}."]
-    if card.get("training_data"):
-        lines += ["", "## Training data", "", card["training_data"]]
-    if card.get("results"):
-        lines += ["", "## Measured protection", "", card["results"]]
-    lines += ["", "## How it was trained", ""]
-    if record:
-        cfg, ds, res = record.get("config", {}), record.get("dataset", {}), record.get("result", {})
-        lines += [
-            f"- {ds.get('images', '?')} images ({ds.get('layout', '?')} layout), fingerprint `{str(ds.get('fingerprint', ''))[:16]}`",
-            f"- {res.get('epochs_run', '?')} generator epochs, batch {cfg.get('batch_size')}, seed {cfg.get('seed')}, "
-            f"surrogate {cfg.get('surrogate')} ({cfg.get('surrogate_epochs')} epochs), "
-            f"lambda_intra {cfg.get('lambda_intra')}, lambda_inter {cfg.get('lambda_inter')}",
-            f"- mtlue {record.get('version')}, torch {record.get('torch')}, device {record.get('device')}, {record.get('created')}",
-        ]
-    else:
-        lines += ["- No training record was saved with this generator."]
-    if verify_report:
-        lines += ["", "## Measured protection (`mtlue verify`)", "",
-                  "| task | clean-trained acc | protected-trained acc | majority baseline |", "|---|---|---|---|"]
-        for row in verify_report.get("tasks", []):
-            lines.append(f"| {row['task']} | {row['clean_acc']:.1%} | {row['protected_acc']:.1%} | {row['majority']:.1%} |")
-        lines += ["", f"Recipe: {verify_report.get('recipe', {})}"]
-    lines += [
-        "", "## Intended use and limits", "",
-        *([card["intended_use"]] if card.get("intended_use") else []),
-        "- For dataset owners protecting their own images before publishing them.",
-        "- Protection is measured, not guaranteed: always run `mtlue verify` on your own written files.",
-        "- Known to weaken it: JPEG re-compression (ISS JPEG-10), bit-depth reduction, adversarial training, "
-        "diffusion purification, and training on a mix of protected and clean copies of the same images.",
-        "- Labels must stay attached: the perturbation is keyed to each image's labels.",
-    ]
-    if card.get("license_text"):
-        lines += ["", "## Licence", "", card["license_text"]]
-    lines += [""]
-    return "\n".join(lines)
 
 
 def export_generator(loaded: LoadedGenerator, to: Path, verify_report: Path | None = None, overwrite: bool = False) -> Path:

@@ -3,21 +3,29 @@
 Architecture follows method-spec §2 exactly (the official `ResNetDAE`), with two deliberate
 differences: the clamp is at `epsilon` itself (8/255 by default) instead of the official 0.0314
 (§2.3, §13.3), and config.json keeps the user's task order (the mixin would sort it).
+
+Saved and loaded with `PyTorchModelHubMixin`'s `save_pretrained` / `from_pretrained`; this class only
+supplies the framework hooks: strict safetensors with string metadata, and config.json in task order.
 """
 
 import json
+import os
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import torch
-from huggingface_hub import PyTorchModelHubMixin
+from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
+from huggingface_hub.constants import CONFIG_NAME, SAFETENSORS_SINGLE_FILE
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock
 
-STEMS = ("cifar", "imagenet")
-CONDITIONINGS = ("full", "classwise", "z_only")
-BOUNDS = ("clamp", "tanh")
-WIDTHS = (16, 32, 64)  # 64 = the paper's ResNet-18 stem width (§2.1); z has 2x that many channels
+from mtlue_cli import __version__
+from mtlue_cli.config import BOUNDS, CONDITIONINGS, GENERATOR_STEMS, STEM_DOWNSAMPLING, WIDTHS
+from mtlue_cli.errors import WeightsError
+
+# How a generator was made: kept in model.safetensors' string metadata next to the fields derived from the model.
+PROVENANCE = ("base_method", "seed", "train_dataset_fingerprint", "created")
 
 
 def _encoder(in_channels: int, stem: str, width: int = 64) -> nn.Sequential:
@@ -107,8 +115,8 @@ class PerturbationGenerator(
     ) -> None:
         super().__init__()
         tasks = _check_tasks(tasks)
-        if stem not in STEMS:
-            raise ValueError(f"unknown stem {stem!r}: use one of {', '.join(STEMS)}")
+        if stem not in GENERATOR_STEMS:
+            raise ValueError(f"unknown stem {stem!r}: use one of {', '.join(GENERATOR_STEMS)}")
         if bound not in BOUNDS:
             raise ValueError(f"unknown bound {bound!r}: use one of {', '.join(BOUNDS)}")
         if conditioning not in CONDITIONINGS:
@@ -121,7 +129,7 @@ class PerturbationGenerator(
             raise ValueError(f"epsilon must lie in (0, 1) (pixel units, e.g. 8/255), got {epsilon}")
         if embed_channels < 1:
             raise ValueError(f"embed_channels must be a positive integer, got {embed_channels}")
-        factor = 2 if stem == "cifar" else 8
+        factor = STEM_DOWNSAMPLING[stem]
         if image_size < factor or image_size % factor:
             raise ValueError(
                 f"image_size {image_size} does not suit the {stem!r} stem: it must be a positive multiple of "
@@ -142,20 +150,7 @@ class PerturbationGenerator(
         self.conditioning = conditioning
         self.bound = bound
         self.width = width
-        # The mixin captured the caller's objects in __new__; keep a normalised copy instead, so
-        # config.json always matches what was built.
-        self._hub_mixin_config = {
-            "bound": bound,
-            "conditioning": conditioning,
-            "embed_channels": embed_channels,
-            "epsilon": self.epsilon,
-            "image_size": image_size,
-            "in_channels": in_channels,
-            "stem": stem,
-            "tasks": {name: list(classes) for name, classes in tasks.items()},
-            "unprotected": list(unprotected),
-            "width": width,
-        }
+        self.provenance: dict[str, str] = {}  # PROVENANCE keys; written to and read from model.safetensors
 
         size = self.latent_size
         # Parts that the chosen conditioning never reads are not built, so every parameter that
@@ -175,6 +170,31 @@ class PerturbationGenerator(
         self.decoder = _decoder(decoder_in, in_channels, stem, width)
 
     @property
+    def config(self) -> dict[str, Any]:
+        """The arguments that rebuild this generator, as config.json holds them: keys sorted, tasks in order."""
+        return {
+            "bound": self.bound,
+            "conditioning": self.conditioning,
+            "embed_channels": self.embed_channels,
+            "epsilon": self.epsilon,
+            "image_size": self.image_size,
+            "in_channels": self.in_channels,
+            "stem": self.stem,
+            "tasks": {name: list(classes) for name, classes in self.tasks.items()},
+            "unprotected": list(self.unprotected),
+            "width": self.width,
+        }
+
+    def weights_metadata(self) -> dict[str, str]:
+        """The string metadata of model.safetensors: the format, budget and tasks, then `provenance`."""
+        return {
+            "format": "pt", "mtlue_version": __version__, "format_version": "1",
+            "epsilon": repr(self.epsilon), "epsilon_255": f"{self.epsilon * 255:.4g}/255", "norm": "linf",
+            "input_resolution": str(self.image_size), "tasks": json.dumps(self.config["tasks"]),
+            **{key: str(self.provenance.get(key, "")) for key in PROVENANCE},
+        }
+
+    @property
     def task_names(self) -> list[str]:
         return list(self.tasks)
 
@@ -185,7 +205,7 @@ class PerturbationGenerator(
     @property
     def latent_size(self) -> int:
         """Spatial side S of z and of each reshaped embedding."""
-        return self.image_size // (2 if self.stem == "cifar" else 8)
+        return self.image_size // STEM_DOWNSAMPLING[self.stem]
 
     def embedding_weights(self) -> list[Tensor]:
         """The raw class-embedding tables, one (C_k, embed_channels*S*S) per task (empty for z_only)."""
@@ -234,13 +254,55 @@ class PerturbationGenerator(
             return bound * torch.tanh(out)  # (B, C, H, W)
         return out.clamp(-bound, bound)  # (B, C, H, W)
 
+    def load_weights(self, path: str | Path) -> None:
+        """Strictly load a model.safetensors: tensor names and shapes must be exactly this generator's."""
+        from safetensors import SafetensorError, safe_open
+
+        expected = {k: tuple(v.shape) for k, v in self.state_dict().items()}
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                found = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+                if found != expected:
+                    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+                    wrong = sorted(k for k in set(found) & set(expected) if found[k] != expected[k])
+                    raise WeightsError(f"{path}: tensors do not match config.json (missing {missing[:3]}, "
+                                       f"unexpected {unexpected[:3]}, wrong shape {wrong[:3]})")
+                state = {k: fh.get_tensor(k) for k in fh.keys()}
+                metadata = dict(fh.metadata() or {})
+        except SafetensorError as exc:
+            raise WeightsError(f"{path}: not a valid safetensors file ({exc})") from None
+        self.load_state_dict(state, strict=True)
+        self.provenance = {key: metadata[key] for key in PROVENANCE if key in metadata}
+
     def _save_pretrained(self, save_directory: Path) -> None:
-        super()._save_pretrained(save_directory)
-        # The mixin writes config.json with sort_keys=True, which would sort the `tasks` mapping
-        # and silently reorder the tasks (and so the embedding tables). Written here, the mixin
-        # leaves it alone.
-        config = dict(sorted(self._hub_mixin_config.items()))
-        (save_directory / "config.json").write_text(json.dumps(config, indent=2))
+        """The mixin's hook for `save_pretrained`: model.safetensors with `weights_metadata()`, then config.json.
+
+        The mixin writes config.json with sort_keys=True, which would sort the `tasks` mapping too and so
+        reorder the tasks (and the embedding tables); it leaves a config.json written here alone."""
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        weights = save_directory / SAFETENSORS_SINGLE_FILE
+        tmp = weights.with_name(weights.name + ".tmp")
+        save_file(state, str(tmp), metadata=self.weights_metadata())
+        os.replace(tmp, weights)
+        (save_directory / CONFIG_NAME).write_text(json.dumps(self.config, indent=2) + "\n")
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir: str | Path | None,
+                         force_download: bool, local_files_only: bool, token: str | bool | None,
+                         map_location: str | torch.device = "cpu", **model_kwargs: Any) -> "PerturbationGenerator":
+        """The mixin's hook for `from_pretrained`: a local folder or a Hub repo's model.safetensors, loaded strictly.
+        Unlike the mixin's default there is no pickle fallback and nothing is printed."""
+        weights = Path(model_id) / SAFETENSORS_SINGLE_FILE
+        if not Path(model_id).is_dir():
+            weights = Path(hf_hub_download(model_id, SAFETENSORS_SINGLE_FILE, revision=revision, cache_dir=cache_dir,
+                                           force_download=force_download, token=token,
+                                           local_files_only=local_files_only, library_name="mtlue",
+                                           library_version=__version__))
+        model = cls(**model_kwargs)
+        model.load_weights(weights)
+        return model.eval().to(map_location)
 
 
 def _largest_not_above(value: float, dtype: torch.dtype) -> float:

@@ -1,14 +1,15 @@
 """Saving and loading generators: a local folder, a pretrained alias, or a Hugging Face Hub repo id.
 
-Only safetensors are ever read (no pickle, no trust_remote_code); config.json is validated and
-capped before anything is allocated; tensor names and shapes must match exactly (style rule 6).
+The generator itself is written and read with `PyTorchModelHubMixin`'s `save_pretrained` /
+`from_pretrained`; this module adds what a folder needs around it (run record, model card), the pinned
+aliases and the checks. Only safetensors are ever read (no pickle, no trust_remote_code); config.json is
+validated and capped before anything is allocated; tensor names and shapes must match exactly (style rule 6).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from mtlue_cli import __version__
+from mtlue_cli.config import BOUNDS, CONDITIONINGS, GENERATOR_STEMS, MAX_EPSILON, STEM_DOWNSAMPLING, WIDTHS
 from mtlue_cli.errors import MtlueError, WeightsError
+from mtlue_cli.model_card import model_card
 
 WEIGHTS, CONFIG, RECORD, CARD = "model.safetensors", "config.json", "fit_record.json", "README.md"
 REPO_ID = re.compile(r"^(?:hf://)?([A-Za-z0-9][\w.-]*/[\w.-]+)(?:@([\w./-]+))?$")
@@ -34,7 +37,7 @@ class LoadedGenerator:
     folder: Path
     revision: str | None
     sha256: str
-    metadata: dict[str, str]
+    metadata: dict[str, str]  # model.weights_metadata(): budget, tasks and provenance (base_method, seed...)
     record: dict[str, Any] | None
 
     @property
@@ -51,34 +54,26 @@ def file_sha256(path: Path) -> str:
 
 
 def generator_config(generator: Any) -> dict[str, Any]:
-    return dict(sorted(generator._hub_mixin_config.items()))
+    """What config.json holds for `generator` (a PerturbationGenerator): keys sorted, tasks in order."""
+    return generator.config
 
 
 def save_generator(generator: Any, out: Path, method: str | None = None, record: dict[str, Any] | None = None) -> Path:
-    """Write model.safetensors (with string metadata), config.json, the run record and a model card."""
-    from safetensors.torch import save_file
-
-    from mtlue_cli.export import model_card
-
+    """Write a generator folder: `save_pretrained`'s model.safetensors (string metadata naming `method` and the
+    run's seed, dataset fingerprint and date) and config.json, the run record, and a model card."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    config = generator_config(generator)
-    metadata = {
-        "format": "pt", "mtlue_version": __version__, "format_version": "1",
-        "epsilon": repr(config["epsilon"]), "epsilon_255": f"{config['epsilon'] * 255:.4g}/255", "norm": "linf",
-        "input_resolution": str(config["image_size"]), "tasks": json.dumps(config["tasks"]),
-        "base_method": method or "", "seed": str((record or {}).get("config", {}).get("seed", "")),
-        "train_dataset_fingerprint": str((record or {}).get("dataset", {}).get("fingerprint", "")),
-        "created": str((record or {}).get("created", "")),
+    run = record or {}
+    generator.provenance = {
+        "base_method": method or "", "seed": str(run.get("config", {}).get("seed", "")),
+        "train_dataset_fingerprint": str(run.get("dataset", {}).get("fingerprint", "")),
+        "created": str(run.get("created", "")),
     }
-    state = {k: v.detach().cpu().contiguous() for k, v in generator.state_dict().items()}
-    tmp = out / (WEIGHTS + ".tmp")
-    save_file(state, str(tmp), metadata=metadata)
-    os.replace(tmp, out / WEIGHTS)
-    (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    # Written first: save_pretrained keeps an existing README.md instead of generating its own.
+    (out / CARD).write_text(model_card(generator.config, generator.weights_metadata(), record))
+    generator.save_pretrained(out)
     if record is not None:
         (out / RECORD).write_text(json.dumps(record, indent=2) + "\n")
-    (out / CARD).write_text(model_card(config, metadata, record))
     return out
 
 
@@ -87,8 +82,6 @@ def save_generator(generator: Any, out: Path, method: str | None = None, record:
 
 def validate_config(config: Any, where: str) -> dict[str, Any]:
     """Types, ranges and size caps of an untrusted config.json."""
-    from mtlue_cli.generator import BOUNDS, CONDITIONINGS, STEMS, WIDTHS
-
     def bad(msg: str) -> WeightsError:
         return WeightsError(f"{where}: invalid generator config: {msg}")
 
@@ -115,28 +108,26 @@ def validate_config(config: Any, where: str) -> dict[str, Any]:
     if not isinstance(emb, int) or not 1 <= emb <= 64:
         raise bad("'embed_channels' must be an integer in [1, 64]")
     eps = config.get("epsilon", 8 / 255)
-    if not isinstance(eps, (int, float)) or not 0 < eps <= 64 / 255:
+    if not isinstance(eps, (int, float)) or not 0 < eps <= MAX_EPSILON:
         raise bad("'epsilon' must be a number in (0, 64/255]")
     if config.get("bound", "clamp") not in BOUNDS:
         raise bad(f"'bound' must be one of {BOUNDS}")
     if config.get("width", 64) not in WIDTHS:
         raise bad(f"'width' must be one of {WIDTHS}")
-    if config.get("stem", "cifar") not in STEMS or config.get("conditioning", "full") not in CONDITIONINGS:
-        raise bad(f"'stem' must be one of {STEMS} and 'conditioning' one of {CONDITIONINGS}")
+    if config.get("stem", "cifar") not in GENERATOR_STEMS or config.get("conditioning", "full") not in CONDITIONINGS:
+        raise bad(f"'stem' must be one of {GENERATOR_STEMS} and 'conditioning' one of {CONDITIONINGS}")
     unprotected = config.get("unprotected") or []
     if not isinstance(unprotected, list) or any(u not in tasks for u in unprotected):
         raise bad("'unprotected' must list task names")
-    latent = size // (2 if config.get("stem", "cifar") == "cifar" else 8)
+    latent = size // STEM_DOWNSAMPLING[config.get("stem", "cifar")]
     if total * emb * latent * latent > MAX_EMBEDDING_PARAMS:
         raise bad(f"its embeddings would need {total * emb * latent * latent:,} parameters (cap {MAX_EMBEDDING_PARAMS:,})")
     return config
 
 
 def load_folder(folder: Path, device: Any = "cpu", expected_sha256: str | None = None) -> tuple[Any, str, dict[str, str]]:
-    """Strictly load a generator folder; returns (model, sha256 of the weights, safetensors metadata)."""
-    import torch
-    from safetensors import SafetensorError, safe_open
-
+    """Strictly load a generator folder with `from_pretrained`, after checking config.json (caps before anything
+    is allocated) and the pinned sha256; returns (model, sha256 of the weights, its safetensors metadata)."""
     from mtlue_cli.generator import PerturbationGenerator
 
     weights, config_path = folder / WEIGHTS, folder / CONFIG
@@ -152,28 +143,13 @@ def load_folder(folder: Path, device: Any = "cpu", expected_sha256: str | None =
         config = json.loads(config_path.read_text())
     except (ValueError, UnicodeDecodeError) as exc:
         raise WeightsError(f"{config_path}: not valid JSON ({exc})") from None
-    config = validate_config(config, str(config_path))
+    validate_config(config, str(config_path))
     digest = file_sha256(weights)
     if expected_sha256 is not None and digest != expected_sha256:
         raise WeightsError(f"{weights}: sha256 {digest[:12]}... does not match the pinned {expected_sha256[:12]}...; "
                            "the file was modified or corrupted: delete it and download again")
-    model = PerturbationGenerator(**config)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    try:
-        with safe_open(str(weights), framework="pt") as fh:
-            metadata = dict(fh.metadata() or {})
-            found = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
-            if found != expected:
-                missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
-                wrong = sorted(k for k in set(found) & set(expected) if found[k] != expected[k])
-                raise WeightsError(f"{weights}: tensors do not match config.json (missing {missing[:3]}, "
-                                   f"unexpected {unexpected[:3]}, wrong shape {wrong[:3]})")
-            state = {k: fh.get_tensor(k) for k in fh.keys()}
-    except SafetensorError as exc:
-        raise WeightsError(f"{weights}: not a valid safetensors file ({exc})") from None
-    model.load_state_dict(state, strict=True)
-    model.eval()
-    return model.to(torch.device(device) if isinstance(device, str) else device), digest, metadata
+    model = PerturbationGenerator.from_pretrained(folder, map_location=device)
+    return model, digest, model.weights_metadata()
 
 
 # ----------------------------------------------------------------------------- resolution

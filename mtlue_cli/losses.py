@@ -9,9 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mtlue_cli.classifiers import task_losses
-
-BINARY_MODES = ("untargeted", "targeted")
-ER_FORMS = ("code", "paper")
+from mtlue_cli.config import BINARY_MODES, ER_FORMS
 
 
 def shifted_targets(labels: Tensor, num_classes: list[int]) -> Tensor:

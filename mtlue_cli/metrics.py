@@ -1,10 +1,14 @@
-"""Image-quality measures of written files: measured L-inf, PSNR and SSIM (on 0-255 arrays)."""
+"""Measures: image quality of written files (L-inf, PSNR, SSIM on 0-255 arrays), ROC-AUC, the majority baseline."""
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 
 def linf(a: np.ndarray, b: np.ndarray) -> int:
@@ -12,13 +16,32 @@ def linf(a: np.ndarray, b: np.ndarray) -> int:
     return int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max(initial=0))
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+def squared_error(a: np.ndarray, b: np.ndarray) -> float:
+    """Sum of squared pixel differences (the numerator of the MSE)."""
+    d = a.astype(np.float64) - b.astype(np.float64)
+    return float(np.vdot(d, d))
+
+
+def psnr_of(mse: float) -> float:
     return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
-def ssim(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean SSIM (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03) on luma."""
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return psnr_of(squared_error(a, b) / max(a.size, 1))
+
+
+SSIM_WINDOW, SSIM_SIGMA = 11, 1.5
+SSIM_BAND = 128  # rows of SSIM map per pass: the float buffers stay a few MB whatever the image size
+
+
+def ssim_window(height: int, width: int) -> int:
+    """Side of the Gaussian window: 11, or the image's shorter side if smaller."""
+    return min(SSIM_WINDOW, height, width)
+
+
+def ssim_sum(a: np.ndarray, b: np.ndarray, window: int) -> tuple[float, int]:
+    """Sum and count of the SSIM map (Wang et al. 2004: Gaussian window, K1 0.01, K2 0.03, on luma) over
+    the positions where a `window`-sized window fits in these rows."""
     import torch
     import torch.nn.functional as F
 
@@ -26,28 +49,50 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
         t = torch.from_numpy(x.astype(np.float32))
         if t.ndim == 3:
             t = t[..., 0] * 0.299 + t[..., 1] * 0.587 + t[..., 2] * 0.114
-        return t[None, None]  # (1,1,H,W)
+        return t[None, None]  # (1,1,h,W)
 
     x, y = luma(a), luma(b)
-    size = min(11, x.shape[-1], x.shape[-2])
-    if size < 3:
-        return 1.0 if np.array_equal(a, b) else float("nan")
-    coords = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
-    g = torch.exp(-(coords**2) / (2 * 1.5**2))
+    coords = torch.arange(window, dtype=torch.float32) - (window - 1) / 2
+    g = torch.exp(-(coords**2) / (2 * SSIM_SIGMA**2))
     g = g / g.sum()
-    window = (g[:, None] * g[None, :])[None, None]
+    kernel = (g[:, None] * g[None, :])[None, None]
 
     def blur(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, window)
+        return F.conv2d(t, kernel)
 
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     mx, my = blur(x), blur(y)
     vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
     s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
-    return float(s.mean())
+    return float(s.double().sum()), s.numel()
 
 
-def roc_auc(scores: "torch.Tensor", positive: "torch.Tensor") -> float:
+def ssim(a: np.ndarray, b: np.ndarray, band: int = SSIM_BAND) -> float:
+    """Mean SSIM of two images (h,w[,3]), computed in bands of `band` map rows (bounded memory)."""
+    height, width = a.shape[:2]
+    window = ssim_window(height, width)
+    if window < 3:
+        return 1.0 if np.array_equal(a, b) else float("nan")
+    total, count = 0.0, 0
+    for start in range(0, height - window + 1, band):
+        stop = min(height, start + band + window - 1)  # the rows a band of map rows reads
+        s, n = ssim_sum(a[start:stop], b[start:stop], window)
+        total, count = total + s, count + n
+    return total / count
+
+
+def majority_baseline(train_labels: torch.Tensor, test_labels: torch.Tensor, num_classes: list[int]) -> list[float]:
+    """Accuracy on the test labels of always predicting each task's most frequent training class."""
+    import torch
+
+    out = []
+    for k, c in enumerate(num_classes):
+        majority = int(torch.bincount(train_labels[:, k], minlength=c).argmax())
+        out.append(float((test_labels[:, k] == majority).float().mean()))
+    return out
+
+
+def roc_auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
     """Area under the ROC curve (Mann-Whitney U with average ranks for ties); nan without both classes."""
     import torch
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mtlue_cli.errors import ConfigError
+from mtlue_cli.files import atomic_write
 
 INSTALL_HINT = 'the plot needs matplotlib: pip install "mtlue[plot]"'
 
@@ -65,5 +66,5 @@ def plot_curves(report: Any, path: Path | str) -> Path:
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 3 * cols + 1), fontsize="small")
     fig.suptitle("victims tested on clean images (lower is better for you)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, format="png", bbox_inches="tight")
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png", bbox_inches="tight"))
     return path

@@ -20,31 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from mtlue_cli import outputs
 from mtlue_cli.dataset_card import MANIFEST_COPY, RUN_COPY, VERIFY_COPY, dataset_card
-from mtlue_cli.errors import ConfigError, FileProblem, MtlueError
+from mtlue_cli.errors import ConfigError, FileProblem, PublishError, PublishRefused, examples
 from mtlue_cli.events import OnEvent, log, noop
+from mtlue_cli.files import write_text
 from mtlue_cli.hub import upload_errors
-from mtlue_cli.shard import read_entries
-from mtlue_cli.protect import LABELS, MANIFEST, RUN, XMP_NO_AI
+from mtlue_cli.outputs import LABELS, MANIFEST, RUN, VERIFY
 
 CARD, METADATA = "README.md", "metadata.csv"
-VERIFY = "verify.json"
 RESERVED_COLUMNS = ("file_name", "image")  # imagefolder's own columns
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-SHOWN = 5  # file names quoted in one error line
-
-
-class PublishRefused(MtlueError):
-    """The folder is not safe or not complete enough to publish. `problems` lists the files."""
-
-    def __init__(self, message: str, problems: list[FileProblem] | None = None) -> None:
-        self.problems = problems or []
-        super().__init__(message)
-
-
-class PublishError(MtlueError):
-    """The Hub refused or could not be reached."""
-
 
 @dataclass(frozen=True)
 class PublishConfig:
@@ -85,7 +71,7 @@ def default_folder(out: Path) -> Path:
 
 @dataclass
 class _Checked:
-    run: dict[str, Any]
+    run: outputs.RunRecord
     tasks: list[str]
     rows: list[list[str]]  # labels.csv rows: output path, then one class per task
     entries: dict[str, dict[str, Any]]  # output path -> its manifest entry
@@ -93,22 +79,14 @@ class _Checked:
 
 
 def _refuse(what: str, problems: list[FileProblem], todo: str) -> PublishRefused:
-    names = ", ".join(p.path for p in problems[:SHOWN]) + (" ..." if len(problems) > SHOWN else "")
-    return PublishRefused(f"{len(problems)} file(s) {what} (e.g. {names}); {todo}", problems)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
+    return PublishRefused(f"{len(problems)} file(s) {what} (e.g. {examples([p.path for p in problems])}); {todo}",
+                          problems)
 
 
 def check_folder(out: Path, allow_failed: bool = False, on_event: OnEvent | None = None) -> _Checked:
     """Everything `publish` refuses, before anything is written. Raises PublishRefused."""
-    from mtlue_cli.data import scan_images, safe_path
     from mtlue_cli.hub import file_sha256
+    from mtlue_cli.images import safe_path, scan_images
 
     on_event = on_event or noop
     out = Path(out)
@@ -116,17 +94,15 @@ def check_folder(out: Path, allow_failed: bool = False, on_event: OnEvent | None
         raise ConfigError(f"{out}: no such folder; give the folder `mtlue protect` wrote")
     if not (out / MANIFEST).is_file() or not (out / LABELS).is_file():
         raise PublishRefused(f"{out} has no {MANIFEST} or {LABELS}: it is not a folder written by `mtlue protect`")
-    run = _read_json(out / RUN)
-    if run is None:  # protect writes run.json last: without it the run did not finish
+    run = outputs.read_run(out)
+    if not run.exists:  # protect writes run.json last: without it the run did not finish
         raise PublishRefused(f"{out} has no readable {RUN}: the protect run did not finish. Rerun the same "
                              "`mtlue protect ... --resume` to the end, then publish")
-    lines = read_entries(out / MANIFEST)  # a line cut by a crash is skipped; its file was redone or is caught below
-    written = {e["output"]: e for e in lines if e.get("status") in ("ok", "resumed") and e.get("output")}  # last wins
-    with (out / LABELS).open(newline="", encoding="utf-8") as fh:
-        table = list(csv.reader(fh))
-    if not table or not table[0] or len(table[0]) < 2:
+    lines = outputs.read_entries(out / MANIFEST)  # a line cut by a crash is skipped; its file was redone or caught below
+    written = outputs.written(lines)
+    tasks, rows = outputs.read_labels_csv(out)
+    if not tasks:
         raise PublishRefused(f"{out / LABELS} has no tasks; protect again")
-    tasks, rows = table[0][1:], [r for r in table[1:] if r]
     clash = [t for t in tasks if t in RESERVED_COLUMNS]
     if clash:
         raise PublishRefused(f"task column(s) {clash} clash with the dataset's own columns {list(RESERVED_COLUMNS)}; "
@@ -144,7 +120,7 @@ def check_folder(out: Path, allow_failed: bool = False, on_event: OnEvent | None
     if extra:
         raise _refuse("in the folder are not in its manifest as protected", [FileProblem(p, "not written by protect")
                       for p in extra], "move them out (an original must never be published by accident)")
-    summary = run.get("summary") or {}
+    summary = run.summary
     expected = summary.get("written", 0) + summary.get("resumed", 0) if summary else None
     if expected is not None and expected != len(rows):
         raise PublishRefused(f"{LABELS} lists {len(rows)} files but {RUN} recorded {expected}: the folder changed after "
@@ -180,8 +156,7 @@ def check_folder(out: Path, allow_failed: bool = False, on_event: OnEvent | None
         raise _refuse("were changed after `mtlue protect` wrote them", changed,
                       "protect again (`--overwrite`) so that the manifest measures what is published")
     sources = {written[r[0]]["source"] for r in rows}
-    leaked = [FileProblem(p, "held out, but its protected copy is in the folder") for p in run.get("held_out") or []
-              if p in sources]
+    leaked = [FileProblem(p, "held out, but its protected copy is in the folder") for p in run.held_out if p in sources]
     if leaked:
         raise _refuse("are both in the clean held-out split and protected", leaked,
                       "protect again with `--overwrite` so that the split and the folder agree")
@@ -234,7 +209,7 @@ def _local_paths(out: Path, folder: Path, run: dict[str, Any]) -> list[str]:
 
 def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8", newline="\n")
+    write_text(path, text)
 
 
 def _metadata(rows: list[list[str]], tasks: list[str]) -> str:
@@ -254,26 +229,19 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _clean_test(run: dict[str, Any], tasks: list[str], folder: Path, on_event: OnEvent) -> list[list[str]]:
+def _clean_test(run: outputs.RunRecord, tasks: list[str], folder: Path, on_event: OnEvent) -> list[list[str]]:
     """test/: the held-out originals, decoded upright as `protect` sees them and saved as lossless PNG with
     no metadata (EXIF, GPS), labels from the original labels file. These images are NOT protected."""
-    from PIL import PngImagePlugin
+    from mtlue_cli.images import decode, no_ai_pnginfo, save_image
+    from mtlue_cli.labels import read_labels
 
-    from mtlue_cli.config import DataConfig
-    from mtlue_cli.data import open_image, read_labels
-
-    held = list(run.get("held_out") or [])
+    held = run.held_out
     if not held:
         raise ConfigError("--include-clean-test: the run held nothing out (protect without --holdout)")
-    data = run.get("data") or {}
-    if not run.get("input_root") or not Path(run["input_root"]).is_dir():
-        raise ConfigError(f"--include-clean-test needs the originals, recorded at {run.get('input_root')!r}, which is not "
-                          "a folder here; run publish where the originals are")
-    cfg = DataConfig(root=Path(run["input_root"]), labels=Path(run["labels_file"]) if run.get("labels_file") else None,
-                     layout=run.get("layout") or "auto", path_column=data.get("path_column"),
-                     tasks=tuple(data["tasks"]) if data.get("tasks") else None,
-                     partition=Path(data["partition"]) if data.get("partition") else None, split=data.get("split") or "train")
-    table = read_labels(cfg)
+    if run.input_root is None or not run.input_root.is_dir():
+        raise ConfigError(f"--include-clean-test needs the originals, recorded at {run.raw.get('input_root')!r}, which "
+                          "is not a folder here; run publish where the originals are")
+    table = read_labels(run.originals())
     if list(table.spec.names) != tasks:
         raise ConfigError(f"the original labels now have tasks {list(table.spec.names)}, the protected ones {tasks}; "
                           "the labels changed after protect")
@@ -282,30 +250,18 @@ def _clean_test(run: dict[str, Any], tasks: list[str], folder: Path, on_event: O
     if lost:
         raise _refuse("held out by protect have no label row in the original labels any more",
                       [FileProblem(p, "no label row") for p in lost], "restore the labels protect used")
-    names = {p: str(PurePosixPath(p).with_suffix(".png")) for p in held}
-    counts: dict[str, int] = {}
-    for name in names.values():
-        counts[name.lower()] = counts.get(name.lower(), 0) + 1
-    names = {p: (n if counts[n.lower()] == 1 else p + ".png") for p, n in names.items()}
-    tag = run.get("config", {}).get("tag_no_ai") in (True, "True", "true")
+    names = outputs.output_names(held, ".png")
+    tag = (run.raw.get("config") or {}).get("tag_no_ai") in (True, "True", "true")
     rows = []
     on_event("start", {"stage": "test", "total": len(held), "description": "Clean test split"})
     for i, path in enumerate(sorted(held), 1):
         try:
-            decoded = open_image(cfg.root / path)
+            decoded = decode(table.root, path)
         except FileProblem as problem:
             raise PublishRefused(f"held-out original {path}: {problem.reason}") from None
-        image = decoded.image
-        if decoded.alpha is not None:
-            image = image.copy()
-            image.putalpha(decoded.alpha)
-        meta: dict[str, Any] = {}
-        if tag:
-            meta["pnginfo"] = PngImagePlugin.PngInfo()
-            meta["pnginfo"].add_itxt("XML:com.adobe.xmp", XMP_NO_AI)
         target = folder / "test" / names[path]
         target.parent.mkdir(parents=True, exist_ok=True)
-        image.save(target, "PNG", **meta)
+        save_image(decoded.image, decoded.alpha, target, "png", 0, {"pnginfo": no_ai_pnginfo()} if tag else {})
         record = by_path[path]
         rows.append([names[path], *(table.spec.classes[k][v] for k, v in enumerate(record.labels))])
         on_event("progress", {"stage": "test", "done": i})
@@ -313,10 +269,10 @@ def _clean_test(run: dict[str, Any], tasks: list[str], folder: Path, on_event: O
     return rows
 
 
-def _prepare_folder(folder: Path, out: Path, run: dict[str, Any]) -> None:
+def _prepare_folder(folder: Path, out: Path, input_root: Path | None) -> None:
     """An empty folder, or one publish built before (rebuilt; .cache/ kept: the Hub client's resume state)."""
     resolved, o = folder.resolve(), out.resolve()
-    inputs = [Path(run["input_root"]).resolve()] if run.get("input_root") else []
+    inputs = [input_root.resolve()] if input_root else []
     for other in (o, *inputs):
         if resolved == other or resolved.is_relative_to(other) or other.is_relative_to(resolved):
             raise ConfigError(f"--folder {folder} overlaps {other}; choose a separate folder")
@@ -344,10 +300,9 @@ def _public_run(run: dict[str, Any], scrub: _Scrubber, include_test: bool) -> di
     return json.loads(scrub(json.dumps(public)))
 
 
-def _public_entry(entry: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+def _public_entry(entry: dict[str, Any], root: Path | None) -> dict[str, Any]:
     public = {k: v for k, v in entry.items() if not (k == "reason" and not v)}
     source = str(entry.get("source", ""))
-    root = run.get("input_root")
     if os.path.isabs(source):
         relative = root and Path(source).is_relative_to(root)
         public["source"] = Path(source).relative_to(root).as_posix() if relative else Path(source).name
@@ -365,8 +320,8 @@ def build_folder(out: Path, folder: Path, cfg: PublishConfig, on_event: OnEvent 
         warnings.append("no --license: the card says `license: other`; pass a Hub licence id such as cc-by-nc-4.0")
     if checked.failed:
         warnings.append(f"{len(checked.failed)} file(s) failed in protect and are left out (listed in the card)")
-    _prepare_folder(folder, out, run)
-    scrub = _Scrubber(_local_paths(out, folder, run))
+    _prepare_folder(folder, out, run.input_root)
+    scrub = _Scrubber(_local_paths(out, folder, run.raw))
 
     on_event("start", {"stage": "copy", "total": len(checked.rows), "description": "Building"})
     for i, row in enumerate(checked.rows, 1):
@@ -380,17 +335,17 @@ def build_folder(out: Path, folder: Path, cfg: PublishConfig, on_event: OnEvent 
         _write(folder / "test" / METADATA, _metadata(test_rows, checked.tasks))
         warnings.append(f"test/ holds {len(test_rows)} UNPROTECTED originals (the held-out split); the card says so")
 
-    entries = [_public_entry(checked.entries[r[0]], run) for r in checked.rows]
+    entries = [_public_entry(checked.entries[r[0]], run.input_root) for r in checked.rows]
     entries += [{"source": p.path, "output": None, "status": "failed", "reason": p.reason} for p in checked.failed]
     _write(folder / MANIFEST_COPY, "".join(scrub(json.dumps(e)) + "\n" for e in entries))
-    _write(folder / RUN_COPY, json.dumps(_public_run(run, scrub, cfg.include_clean_test), indent=2) + "\n")
-    verify = _read_json(out / VERIFY)
-    if verify is not None and (out / VERIFY).stat().st_mtime < (out / RUN).stat().st_mtime:
+    _write(folder / RUN_COPY, json.dumps(_public_run(run.raw, scrub, cfg.include_clean_test), indent=2) + "\n")
+    verify, stale = outputs.read_verify(out)
+    if stale:
         warnings.append(f"{out / VERIFY} is older than {RUN} (an earlier protection): the card says not verified")
         verify = None
     if verify is not None:
         _write(folder / VERIFY_COPY, scrub(json.dumps(verify, indent=2)) + "\n")
-    card = dataset_card(run, checked.tasks, checked.rows, checked.entries, test_rows, verify,
+    card = dataset_card(run.raw, checked.tasks, checked.rows, checked.entries, test_rows, verify,
                         license=cfg.license or "other", repo_id=cfg.repo_id, failed=checked.failed)
     _write(folder / CARD, scrub(card))
 

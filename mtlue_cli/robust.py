@@ -17,19 +17,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from mtlue_cli.config import SQUEEZES
-from mtlue_cli.errors import ConfigError
-
 JPEG_QUALITIES = (10, 60)  # drawn uniformly per batch
 BIT_DEPTHS = (2, 3, 4)
 BLUR_SCALES = (0.35, 0.75)  # down-up resize factor range
-
-
-def check_squeezes(names: tuple[str, ...]) -> tuple[str, ...]:
-    unknown = [n for n in names if n not in SQUEEZES]
-    if unknown:
-        raise ConfigError(f"unknown squeeze(s) {unknown}; use any of {', '.join(SQUEEZES)}")
-    return names
 
 
 def straight_through(x: torch.Tensor, squeezed: torch.Tensor) -> torch.Tensor:
@@ -69,7 +59,8 @@ def resize_blur(x: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 def random_squeeze(names: tuple[str, ...], gen: torch.Generator) -> tuple[str, Callable[[torch.Tensor], torch.Tensor]]:
-    """Draw one squeeze (and its strength) for a batch; returns its label and the function."""
+    """Draw one of `names` (config.SQUEEZES, checked by FitConfig) and its strength for a batch; returns its
+    label and the function."""
     if not names:
         return "identity", lambda x: x
     name = names[int(torch.randint(len(names), (1,), generator=gen))]

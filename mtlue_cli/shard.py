@@ -1,25 +1,20 @@
-"""`protect` across torchrun processes: which files each rank writes, and one manifest from the ranks' parts.
+"""`protect` under torchrun: which files each process takes, and how the processes' manifest parts become the
+one manifest.jsonl that a single process writes.
 
-Files are dealt to ranks by whole generator batches of protect's deterministic order (batch b goes to
-rank b mod world), so every batch holds exactly the images a single process batches together and the
-written bytes match a one-process run. The deal looks only at that order, never at which files are
-already done, so `--resume` on any number of processes finishes the same set.
-
-While running, each rank appends to its own part (manifest.rank{r}.jsonl); at the end rank 0 appends
-the parts to manifest.jsonl in protect's order. Parts left by an interrupted run are read by `--resume`
-and folded into manifest.jsonl before a new run writes anything.
+Each rank protects every `world`-th batch of files (whole batches, so each process runs the generator on
+full batches) and writes its own `manifest.rank{r}.jsonl` (`outputs.part_path`). Once every rank is done,
+rank 0 folds the parts into manifest.jsonl in protect's order. A run interrupted before that leaves the
+parts: `--resume`, with any number of processes, reads them (`outputs.load_manifest`) and folds them first.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import re
 from pathlib import Path
 from typing import Any
 
-MANIFEST = "manifest.jsonl"
-PART = re.compile(r"manifest\.rank(\d+)\.jsonl")
+from mtlue_cli import outputs
+from mtlue_cli.labels import Record
+from mtlue_cli.outputs import FileResult
 
 
 def share(n: int, batch_size: int, rank: int, world: int) -> list[int]:
@@ -27,66 +22,44 @@ def share(n: int, batch_size: int, rank: int, world: int) -> list[int]:
     return [i for i in range(n) if (i // batch_size) % world == rank]
 
 
-def part_path(out: Path, rank: int) -> Path:
-    return out / f"manifest.rank{rank}.jsonl"
-
-
-def parts(out: Path) -> list[Path]:
-    """The per-rank parts under `out`, in rank order."""
-    found = [(int(m.group(1)), p) for p in out.glob("manifest.rank*.jsonl") if (m := PART.fullmatch(p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def read_entries(path: Path) -> list[dict[str, Any]]:
-    """A manifest's entries in file order; a line cut by a crash is skipped (that file is simply redone)."""
-    entries = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(entry, dict) and "source" in entry:
-                entries.append(entry)
-    return entries
-
-
-def load_manifest(out: Path) -> dict[str, dict[str, Any]]:
-    """source -> latest entry, from manifest.jsonl and then any parts an interrupted run left."""
-    entries: dict[str, dict[str, Any]] = {}
-    for path in (out / MANIFEST, *parts(out)):
-        for entry in read_entries(path):
-            entries[entry["source"]] = entry
-    return entries
-
-
-def append(out: Path, entries: list[dict[str, Any]]) -> None:
-    """Append entries to manifest.jsonl (after a line cut by a crash, on a line of their own), atomically."""
-    path = out / MANIFEST
-    text = path.read_text(encoding="utf-8") if path.is_file() else ""
-    if text and not text.endswith("\n"):
-        text += "\n"
-    text += "".join(json.dumps(e) + "\n" for e in entries)
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def fold_parts(out: Path) -> None:
-    """Move the entries of parts left by an interrupted run into manifest.jsonl and remove the parts."""
-    found = parts(out)
-    if found:
-        append(out, [e for p in found for e in read_entries(p)])
-        for p in found:
-            p.unlink()
-
-
-def merge_parts(out: Path, order: dict[str, int]) -> None:
-    """Rank 0, once every rank has closed its part: the parts' entries, in protect's order (`order`: source
-    -> position; sources it lacks, the label problems, first), appended to manifest.jsonl; parts removed."""
-    found = parts(out)
-    entries = [e for p in found for e in read_entries(p)]
-    entries.sort(key=lambda e: order.get(e["source"], -1))  # stable: a duplicate row keeps its place
-    append(out, entries)
+def fold_parts(out: Path, order: dict[str, int] | None = None) -> None:
+    """Append the parts' entries to manifest.jsonl and remove the parts. With `order` (source -> position in
+    protect's order; sources it lacks, the label problems, first) the entries are sorted by it; without, an
+    interrupted run's parts keep rank order."""
+    found = outputs.parts(out)
+    if not found:
+        return
+    entries = [e for p in found for e in outputs.read_entries(p)]
+    if order is not None:
+        entries.sort(key=lambda e: order.get(e["source"], -1))  # stable: a duplicate row keeps its place
+    outputs.append_entries(out, entries)
     for p in found:
         p.unlink()
+
+
+def gather(out: Path, records: list[Record], previous: dict[str, dict[str, Any]],
+            dist: Any) -> tuple[dict[str, FileResult], list[FileResult]]:
+    """After every rank's share: all ranks' results (rank 0 merges the parts into manifest.jsonl).
+
+    A file no rank wrote this run, whose old entry is ok, is one a rank found intact (--resume): every
+    file a rank took on leaves an entry, written or failed."""
+    order = {r.path: i for i, r in enumerate(records)}
+    dist.barrier()  # every part is complete
+    new = sorted((e for p in outputs.parts(out) for e in outputs.read_entries(p)), key=lambda e: order.get(e["source"], -1))
+    dist.barrier()  # read by every rank before rank 0 folds them away
+    if dist.is_main:
+        fold_parts(out, order)
+    results: dict[str, FileResult] = {}
+    failures: list[FileResult] = []
+    for entry in new:
+        result = FileResult(**entry)
+        if result.status == "failed":
+            failures.append(result)
+        else:
+            results[result.source] = result
+    touched = {e["source"] for e in new}
+    for record in records:
+        entry = previous.get(record.path)
+        if record.path not in touched and entry and entry.get("status") == "ok":
+            results[record.path] = FileResult(**{**entry, "status": "resumed"})
+    return results, failures

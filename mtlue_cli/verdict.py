@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,6 +25,10 @@ class TaskRow:
     @property
     def drop(self) -> float:
         return self.clean_acc - self.protected_acc
+
+    def within(self, acc: float, threshold: float) -> bool:
+        """`acc` (a victim's, on this task) at most `threshold` points above the majority baseline: protected."""
+        return acc <= self.majority + threshold / 100
 
 
 @dataclass
@@ -47,16 +52,32 @@ class VerifyReport:
     quality: dict[str, float]
     recipe: dict[str, Any]
     threshold: float
-    effective: bool  # every task within the threshold with no defence AND under each defence
-    failing: list[str]  # tasks above the threshold (any defence)
-    seconds: float
-    broken_by: dict[str, list[str]] = field(default_factory=dict)  # defence -> tasks above the threshold with it
-    profile: list[DefenseProfile] = field(default_factory=list)  # per defence, in `defenses` order
+    seconds: float = 0.0
     # "clean"/"protected" -> defence -> per epoch, per task test accuracy (the --plot curves)
     curves: dict[str, dict[str, list[list[float]]]] = field(default_factory=dict)
     detect: Any = None  # detect.Detectability with --detect
     plot: str | None = None  # the PNG written by --plot
     notes: list[str] = field(default_factory=list)  # things the run could not do, said plainly
+
+    @property
+    def broken_by(self) -> dict[str, list[str]]:
+        """Defence -> the tasks above the threshold with it (which defence broke the protection, for what)."""
+        return judge(self.tasks, self.threshold)
+
+    @property
+    def failing(self) -> list[str]:
+        """Tasks above the threshold with no defence or under some defence."""
+        return sorted({task for tasks in self.broken_by.values() for task in tasks})
+
+    @property
+    def effective(self) -> bool:
+        """Every task within the threshold with no defence AND under each defence (exit code 0; else 4)."""
+        return not self.broken_by
+
+    @property
+    def profile(self) -> list[DefenseProfile]:
+        """Per defence, in `defenses` order: the clean- and protected-trained means and the verdict."""
+        return robustness_profile(self.tasks, self.defenses, self.broken_by)
 
     def mean(self, attr: str) -> float:
         values = [getattr(t, attr) for t in self.tasks if getattr(t, attr) is not None]
@@ -64,9 +85,14 @@ class VerifyReport:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        out.update(effective=self.effective, failing=self.failing, broken_by=self.broken_by,
+                   profile=[asdict(p) for p in self.profile])
         out["mean"] = {k: self.mean(k) for k in ("majority", "clean_acc", "protected_acc", "protected_train_acc")}
         out["mean"]["by_defense"] = {d: sum(t.by_defense[d] for t in self.tasks) / len(self.tasks) for d in self.defenses}
         return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
 
 
 def judge(rows: list[TaskRow], threshold: float) -> dict[str, list[str]]:
@@ -75,12 +101,12 @@ def judge(rows: list[TaskRow], threshold: float) -> dict[str, list[str]]:
     broken: dict[str, list[str]] = {}
     for row in rows:
         for defense, acc in row.by_defense.items():
-            if acc > row.majority + threshold / 100:
+            if not row.within(acc, threshold):
                 broken.setdefault(defense, []).append(row.task)
     return broken
 
 
-def profile(rows: list[TaskRow], defenses: list[str], broken_by: dict[str, list[str]]) -> list[DefenseProfile]:
+def robustness_profile(rows: list[TaskRow], defenses: list[str], broken_by: dict[str, list[str]]) -> list[DefenseProfile]:
     """The robustness profile: per defence, the clean-trained and protected-trained means and the verdict."""
     out = []
     for d in defenses:
@@ -90,3 +116,9 @@ def profile(rows: list[TaskRow], defenses: list[str], broken_by: dict[str, list[
         out.append(DefenseProfile(d, sum(clean) / len(clean) if clean else None, sum(prot) / max(len(prot), 1), list(broken),
                                   "broken" if broken else "holds"))
     return out
+
+
+def broken_text(broken_by: dict[str, list[str]]) -> str:
+    """'age, race with no defence; gender after jpeg10': which defence broke it, for which tasks, in words."""
+    return "; ".join(f"{', '.join(tasks)} " + ("with no defence" if d == "none" else f"after {d}")
+                     for d, tasks in broken_by.items())

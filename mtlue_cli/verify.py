@@ -1,5 +1,6 @@
 """`verify`: train victims on the protected files AS WRITTEN and on the clean originals, and test
 both on clean images that never went through `protect` (method-spec §6; ecosystem §1.1).
+`verify_folder` is the one call behind `mtlue verify OUT`: what it is not told comes from OUT/run.json.
 """
 
 from __future__ import annotations
@@ -9,29 +10,21 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from mtlue_cli import outputs
 from mtlue_cli.config import DataConfig, VerifyConfig, default_crop, victim_res
 from mtlue_cli.config import milestones as lr_milestones
-from mtlue_cli.data import MultiTaskImageDataset, load_dataset, majority_baseline, read_labels, split_indices
+from mtlue_cli.data import MultiTaskImageDataset, load_dataset, split_indices
 from mtlue_cli.errors import ConfigError, DatasetError
 from mtlue_cli.events import OnEvent, log, noop
-from mtlue_cli.shard import read_entries
-from mtlue_cli.verdict import DefenseProfile, TaskRow, VerifyReport, judge, profile  # noqa: F401 (the public names)
-
-MANIFEST, LABELS, RUN = "manifest.jsonl", "labels.csv", "run.json"
-
-
-def _source_map(protected: Path) -> dict[str, str]:
-    """Protected output path -> clean source path, from protect's manifest (names may have changed)."""
-    return {e["output"]: e["source"] for e in read_entries(protected / MANIFEST)
-            if e.get("output") and e.get("status") in ("ok", "resumed")}
-
-
-def _load(cfg: DataConfig, on_event: OnEvent) -> MultiTaskImageDataset:
-    return load_dataset(cfg, on_event)
+from mtlue_cli.files import write_text
+from mtlue_cli.images import median_short_side
+from mtlue_cli.labels import read_labels
+from mtlue_cli.metrics import majority_baseline
+from mtlue_cli.verdict import DefenseProfile, TaskRow, VerifyReport, judge  # noqa: F401 (the public names)
 
 
 def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConfig | None = None,
@@ -52,20 +45,21 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
         log(on_event, "--plot: matplotlib is not installed, so this run writes no plot (pip install matplotlib, "
             "or mtlue's plot extra); the victims train as usual", "warning")
     protected = Path(protected)
-    if not (protected / LABELS).is_file():
-        raise ConfigError(f"{protected}: no {LABELS}; --protected is a folder written by `mtlue protect`")
+    if not (protected / outputs.LABELS).is_file():
+        raise ConfigError(f"{protected}: no {outputs.LABELS}; --protected is a folder written by `mtlue protect`")
     clean_table = read_labels(clean)
-    res = cfg.res or victim_res(working_size(protected), _image_side(clean_table))
+    res = cfg.res or victim_res(outputs.read_run(protected).working_size,
+                                median_short_side(clean_table.root, [r.path for r in clean_table.records]))
     clean = dataclasses.replace(clean, size=res)
-    prot_cfg = DataConfig(root=protected, labels=protected / LABELS, layout="csv", size=res,
+    prot_cfg = DataConfig(root=protected, labels=protected / outputs.LABELS, layout="csv", size=res,
                           skip_bad=clean.skip_bad, workers=clean.workers)
-    sources = _source_map(protected)
+    sources = outputs.source_map(protected)
     prot_table = read_labels(prot_cfg)
     protected_sources = {sources.get(r.path, r.path) for r in prot_table.records}
 
     # --- the clean test split: a separate folder, or a seeded split that protect left out
     if test is not None:
-        test_set = _load(dataclasses.replace(test, size=res), on_event)
+        test_set = load_dataset(dataclasses.replace(test, size=res), on_event)
         train_idx = list(range(len(clean_table.records)))
     else:
         train_idx, test_idx = split_indices(clean_table.records, cfg.test_split, cfg.seed)
@@ -76,14 +70,14 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
                 f"would not be clean. Protect with `--holdout {cfg.test_split} --seed {cfg.seed}` (the same split), "
                 "or pass a separate --test folder")
         test_set = None
-    clean_all = _load(clean, on_event)
+    clean_all = load_dataset(clean, on_event)
     by_path = {r.path: i for i, r in enumerate(clean_all.records)}
     if test_set is None:
         test_paths = {clean_table.records[i].path for i in test_idx}
         test_set = clean_all.subset([by_path[p] for p in sorted(test_paths) if p in by_path])
     # Clean victims train on the clean originals of exactly the protected images.
     clean_train = clean_all.subset([by_path[p] for p in sorted(protected_sources) if p in by_path])
-    prot_set = _load(prot_cfg, on_event)
+    prot_set = load_dataset(prot_cfg, on_event)
     if len(clean_train) == 0 or len(prot_set) == 0:
         raise DatasetError("no protected image could be paired with its clean original; check --clean and --labels")
     if len(test_set) == 0:
@@ -173,10 +167,8 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
         else:
             clean_acc, clean_best, _, clean_curve = victim("clean", defense)
             if cfg.cache:
-                cache_file.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")
-                tmp.write_text(json.dumps({"final": clean_acc, "best": clean_best, "curve": clean_curve}))
-                os.replace(tmp, cache_file)  # atomic: parallel runs may share the cache
+                cache_file.parent.mkdir(parents=True, exist_ok=True)  # atomic: parallel runs may share the cache
+                write_text(cache_file, json.dumps({"final": clean_acc, "best": clean_best, "curve": clean_curve}))
         acc, best, train_acc, curve = victim("protected", defense)
         curves["protected"][defense] = curve
         if clean_curve is not None:
@@ -193,15 +185,12 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
             weights = torch.nn.functional.one_hot(torch.tensor(k), len(nc)).float()
             row.stl_clean_acc = run(clean_train.images, clean_train.labels, f"STL clean {row.task}", weights)[0][k]
             row.stl_protected_acc = run(prot_set.images, prot_labels, f"STL protected {row.task}", weights)[0][k]
-    broken_by = judge(rows, cfg.threshold)
-    failing = sorted({task for tasks in broken_by.values() for task in tasks})
     recipe = {"victim": cfg.victim, "stem": cfg.victim_stem, "epochs": cfg.epochs, "milestones": list(milestones),
               "res": res, "crop": crop, "batch_size": cfg.batch_size, "lr": cfg.lr, "weighting": cfg.weighting,
               "adv_train": cfg.adv_train, "seed": cfg.seed, "metric": cfg.metric, "augment": "per-sample random crop + flip",
               "device": str(device), "test": "separate folder" if test is not None else f"seeded split {cfg.test_split}"}
-    report = VerifyReport(rows, defenses, len(prot_set), len(test_set), _quality(protected), recipe, cfg.threshold,
-                          effective=not failing, failing=failing, seconds=0.0, broken_by=broken_by,
-                          profile=profile(rows, defenses, broken_by), curves=curves, detect=detectability)
+    report = VerifyReport(rows, defenses, len(prot_set), len(test_set), outputs.quality(protected), recipe, cfg.threshold,
+                          curves=curves, detect=detectability)
     if cfg.plot is not None and not plot_hint:
         from mtlue_cli.plot import plot_curves
 
@@ -209,6 +198,58 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
     elif plot_hint:
         report.notes.append(f"no plot written: {plot_hint}")
     report.seconds = time.perf_counter() - started
+    return report
+
+
+@dataclass(frozen=True)
+class VerifyRequest:
+    """What `mtlue verify` was pointed at. A field left None is what `protect` recorded in OUT/run.json (the
+    originals, their labels and how to read them, the holdout and its seed); a given one wins."""
+
+    protected: Path
+    clean: Path | None = None
+    labels: Path | None = None
+    layout: str = "auto"  # auto: the recorded layout
+    path_column: str | None = None
+    tasks: tuple[str, ...] | None = None
+    test: Path | None = None  # a separate folder of clean test images
+    test_labels: Path | None = None  # default: `labels`
+    test_split: float | None = None  # default: protect's --holdout, else 0.2
+    seed: int | None = None  # default: protect's --seed, else 0
+    skip_bad: bool = False
+    workers: int = 2
+    save: bool = False  # also write the report to OUT/verify.json (what `publish` puts in the card)
+
+
+def verify_folder(request: VerifyRequest, cfg: VerifyConfig, on_event: OnEvent | None = None) -> VerifyReport:
+    """`mtlue verify`: fill in from OUT/run.json what the request leaves out, run `verify`, and save the report
+    beside the protected files when asked (a note says so if it cannot)."""
+    protected = Path(request.protected)
+    run = outputs.read_run(protected)
+    clean_root = request.clean or run.input_root
+    if clean_root is None:
+        raise ConfigError(f"{protected}: no run.json names the originals; pass --clean")
+    test_split = request.test_split if request.test_split is not None else (
+        run.holdout if run.holdout is not None else 0.2)
+    if not test_split and request.test is None:
+        raise ConfigError(f"{protected} was protected without --holdout, so no clean test split was left out: "
+                          "protect again with --holdout 0.2, or pass --test with separate clean images")
+    seed = request.seed if request.seed is not None else (run.seed if run.seed is not None else 0)
+    cfg = dataclasses.replace(cfg, test_split=test_split, seed=seed)
+    layout = run.layout if request.layout == "auto" and run.layout else request.layout
+    where = dict(labels=request.labels or run.labels_file, layout=layout, tasks=request.tasks or run.tasks,
+                 path_column=request.path_column or run.data.get("path_column"), split="all",
+                 skip_bad=request.skip_bad, workers=request.workers)
+    clean = DataConfig(root=clean_root, **where)
+    test = None
+    if request.test is not None:
+        test = DataConfig(root=request.test, **{**where, "labels": request.test_labels or where["labels"]})
+    report = verify(clean, protected, cfg, test, on_event)
+    if request.save:
+        try:
+            outputs.write_verify(protected, report.to_dict())
+        except OSError as exc:
+            report.notes.append(f"could not write {protected / outputs.VERIFY}: {exc}")
     return report
 
 
@@ -221,53 +262,6 @@ def count_victims(defenses: int, stl_tasks: int = 0, profile: bool = True) -> in
 def plan_epochs(epochs: int, budget: float, victims: int, seconds_per_epoch: float) -> int:
     """The most epochs (at least 1, at most `epochs`) that `victims` victims fit in `budget` seconds."""
     return max(1, min(epochs, int(budget / (victims * seconds_per_epoch))))
-
-
-def run_defaults(protected: Path) -> dict[str, Any]:
-    """What `protect` recorded in OUT/run.json that `verify OUT` needs: the originals, the labels and how to
-    read them, the clean holdout and its seed. Empty when there is no run.json (the long form still works)."""
-    run = _read_run(protected)
-    data = run.get("data") or {}
-    found = {"clean": run.get("input_root"), "labels": run.get("labels_file"), "layout": run.get("layout"),
-             "path_column": data.get("path_column"), "tasks": ",".join(data["tasks"]) if data.get("tasks") else None,
-             "test_split": run.get("holdout"), "seed": run.get("seed")}
-    found = {k: v for k, v in found.items() if v is not None}
-    for key in ("clean", "labels"):
-        if key in found:
-            found[key] = Path(found[key])
-    return found
-
-
-def working_size(protected: Path) -> int | None:
-    """The generator's working size, recorded by protect in run.json (None if unknown)."""
-    try:
-        return int(_read_run(protected)["generator"]["image_size"])
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def _read_run(protected: Path) -> dict[str, Any]:
-    """OUT/run.json as written by `protect`; empty if there is none or it does not parse."""
-    try:
-        run = json.loads((Path(protected) / RUN).read_text())
-    except (OSError, ValueError):
-        return {}
-    return run if isinstance(run, dict) else {}
-
-
-def _image_side(table: Any, sample: int = 64) -> int | None:
-    """Median shorter side of up to `sample` images (headers only): the images' own resolution."""
-    from PIL import Image
-
-    records = table.records[:: max(1, len(table.records) // sample)][:sample]
-    sides = []
-    for record in records:
-        try:
-            with Image.open(table.root / record.path) as img:
-                sides.append(min(img.size))
-        except OSError:
-            continue
-    return sorted(sides)[len(sides) // 2] if sides else None
 
 
 def _seconds_per_epoch(cfg: VerifyConfig, nc: list[int], crop: int, device: Any, n: int) -> float:
@@ -309,22 +303,3 @@ def _cache_key(train: MultiTaskImageDataset, test: MultiTaskImageDataset, cfg: V
     h.update(train.fingerprint().encode())
     h.update(test.fingerprint().encode())
     return h.hexdigest()[:32]
-
-
-def _quality(protected: Path) -> dict[str, float]:
-    """Image-quality stats of the protected files, as measured on the written files by `protect`."""
-    if not (protected / MANIFEST).is_file():
-        return {}
-    linfs, psnrs, ssims = [], [], []
-    for entry in read_entries(protected / MANIFEST):
-        if entry.get("status") in ("ok", "resumed") and entry.get("linf_255") is not None:
-            linfs.append(entry["linf_255"])
-            if entry.get("psnr") not in (None, float("inf")):
-                psnrs.append(entry["psnr"])
-            if entry.get("ssim") is not None:
-                ssims.append(entry["ssim"])
-    if not linfs:
-        return {}
-    return {"max_linf_255": max(linfs), "mean_psnr": sum(psnrs) / max(len(psnrs), 1),
-            "mean_ssim": sum(ssims) / max(len(ssims), 1), "files": len(linfs)}
-

@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -67,7 +66,7 @@ def test_default_fit_recipe_and_its_new_flags(monkeypatch, tiny_csv_dataset, tmp
     base = ["fit", str(d.root), "--labels", str(d.labels), "--device", "cpu", "-q"]
     assert runner.invoke(app, [*base, "--out", str(tmp_path / "a")]).exit_code == 0
     default: FitConfig = seen["cfgs"][-1]  # auto on a CPU -> quick
-    assert (default.image_size, default.width, default.bound, default.time_budget) == (32, 64, "tanh", 1140.0)
+    assert (default.image_size, default.stem, default.width, default.bound, default.time_budget) == (64, "imagenet", 64, "tanh", 1140.0)
     assert set(default.robust) == {"identity", "grayscale", "jpeg", "bits", "blur"}
     result = runner.invoke(app, [*base, "--out", str(tmp_path / "b"), "--no-robust", "--width", "32",
                                  "--time-budget", "15m", "--stop-acc", "0.1"])

@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from mtlue_cli.config import FitConfig
-from mtlue_cli.data import LabelTable, MultiTaskImageDataset, Record, TaskSpec
+from mtlue_cli.data import MultiTaskImageDataset
 from mtlue_cli.errors import ConfigError, Interrupted
 from mtlue_cli.fit import fit_generator
 from mtlue_cli.hub import load_generator
+from mtlue_cli.labels import LabelTable, Record, TaskSpec
 
 SPEC = TaskSpec(("shape", "size"), (("a", "b", "c"), ("s", "l")))
 
@@ -93,13 +94,12 @@ def test_sep_computing_delta_once_matches_the_official_gradient():
     g = PerturbationGenerator(SPEC.to_dict(), image_size=16, epsilon=0.5)
     surrogates = [MTLClassifier([3, 2], stem="cifar", image_size=16).eval() for _ in range(3)]
     x, y = torch.rand(4, 3, 16, 16), torch.tensor([[0, 1], [1, 0], [2, 1], [0, 0]])
-    cfg = FitConfig()
 
     def perturbed(x, y, m):
         return (x + m(x, y)).clamp(0, 1)
 
     g.eval()  # BN in eval: the passes see identical statistics, so the gradients must agree exactly
-    _sep_recompute(g, g, surrogates, x, y, [3, 2], cfg, perturbed)
+    _sep_recompute(g, g, surrogates, x, y, [3, 2], embedding_regulariser)
     official = [p.grad.clone() for p in g.parameters()]
     g.zero_grad()
     xp = perturbed(x, y, g)
@@ -138,3 +138,19 @@ def test_paired_surrogates_train_both(tmp_path):
     assert set(saved) == {"clean", "squeezed"}
     assert [i["description"] for k, i in events if k == "start" and i.get("stage") == "surrogate"] == [
         "Clean surrogate", "Squeezed surrogate"]
+
+
+def test_method_rows_carry_every_difference_between_the_methods():
+    from mtlue_cli import surrogate
+    from mtlue_cli.fit import METHODS
+
+    em, tap, sep = METHODS["em"], METHODS["tap"], METHODS["sep"]
+    assert (em.surrogates, tap.surrogates, sep.surrogates) == (surrogate.fresh, surrogate.final, surrogate.checkpoints)
+    assert [m.scheduler_steps for m in (em, tap, sep)] == [1, 1, 4]  # §4.4: SEP's compressed schedule
+    assert [m.augment for m in (em, tap, sep)] == [True, True, False]
+    # §14.1: with δ computed once, SEP weighs the regularisers by its checkpoints; recomputed, once per pass.
+    assert (sep.regulariser_scale(15, recompute=False), sep.regulariser_scale(15, recompute=True)) == (15.0, 1.0)
+    assert em.regulariser_scale(15, recompute=False) == tap.regulariser_scale(15, recompute=False) == 1.0
+    y = torch.tensor([[0, 1], [2, 0]])
+    assert torch.equal(em.stop_target(y, [3, 2]), y)
+    assert tap.stop_target(y, [3, 2]).tolist() == sep.stop_target(y, [3, 2]).tolist() == [[1, 0], [0, 1]]

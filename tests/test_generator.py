@@ -174,3 +174,22 @@ def test_bad_input_shapes_raise() -> None:
         g(torch.rand(2, 3, 16, 16), _labels())
     with pytest.raises(ValueError, match="labels must have shape"):
         g(torch.rand(2, 3, 8, 8), _labels()[:, :2])
+
+
+def test_config_is_normalised_and_the_weights_carry_their_provenance(tmp_path) -> None:
+    from safetensors import safe_open
+
+    g = PerturbationGenerator({"b": ("x", "y"), "a": ("p", "q", "r")}, image_size=8, epsilon=4 / 255)
+    assert g.config["tasks"] == {"b": ["x", "y"], "a": ["p", "q", "r"]} and list(g.config["tasks"]) == ["b", "a"]
+    assert g.config["unprotected"] == [] and list(g.config) == sorted(g.config)
+    meta = g.weights_metadata()
+    assert meta["tasks"] == '{"b": ["x", "y"], "a": ["p", "q", "r"]}'
+    assert meta["epsilon_255"] == "4/255" and meta["input_resolution"] == "8" and meta["base_method"] == ""
+    g.provenance = {"base_method": "em", "seed": "5"}
+    g.save_pretrained(tmp_path)
+    with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as fh:
+        written = fh.metadata()
+    assert (written["base_method"], written["seed"], written["created"]) == ("em", "5", "")
+    loaded = PerturbationGenerator.from_pretrained(tmp_path)
+    assert loaded.provenance == {"base_method": "em", "seed": "5", "train_dataset_fingerprint": "", "created": ""}
+    assert loaded.config == g.config

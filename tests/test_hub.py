@@ -268,3 +268,55 @@ def test_export_refuses_non_empty_target(tmp_path: Path, gen_dir: Path) -> None:
     assert (to / "keep.txt").read_text() == "mine" and not (to / "README.md").exists()
     export_generator(loaded, to, overwrite=True)
     assert (to / "README.md").is_file()
+
+
+# ----------------------------------------------------------------------------- the mixin's public API
+
+
+def test_task_order_survives_save_load_save(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    torch.manual_seed(4)
+    tasks = {"zeta": ["z2", "z1"], "alpha": ["b", "a", "c"], "mid": ["y", "n"]}  # neither sorted nor reverse-sorted
+    first = save_generator(PerturbationGenerator(tasks=tasks, image_size=16), tmp_path / "a", method="sep")
+    config = json.loads((first / "config.json").read_text())
+    assert list(config["tasks"]) == ["zeta", "alpha", "mid"] and config["tasks"]["alpha"] == ["b", "a", "c"]
+    assert list(config) == sorted(config)  # the other keys sorted, as the mixin writes them
+    loaded = load_generator(str(first))
+    assert list(loaded.model.tasks) == ["zeta", "alpha", "mid"] and loaded.model.num_classes == [2, 3, 2]
+    assert loaded.method == "sep" and loaded.model.provenance["base_method"] == "sep"
+    # The mixin's own entry points, as a user of the library calls them, keep it too.
+    loaded.model.save_pretrained(tmp_path / "b")
+    assert (tmp_path / "b" / "config.json").read_text() == (first / "config.json").read_text()
+    again = PerturbationGenerator.from_pretrained(tmp_path / "b")
+    assert list(again.tasks) == ["zeta", "alpha", "mid"] and again.provenance["base_method"] == "sep"
+    _same_weights(loaded.model, again)
+    assert capsys.readouterr().out == ""  # the library never prints (the mixin's loader would)
+
+
+def test_bundled_generators_load_unchanged_and_save_their_own_config(tmp_path: Path) -> None:
+    for alias, entry in hub.registry().items():
+        if not entry.get("bundled"):
+            continue
+        loaded = load_generator(alias)  # checks the pinned sha256 of the bundled weights
+        assert loaded.sha256 == entry["sha256"]
+        assert list(loaded.model.tasks) == list(entry["tasks"])
+        loaded.model.save_pretrained(tmp_path / alias)
+        saved = json.loads((tmp_path / alias / "config.json").read_text())
+        assert json.loads((loaded.folder / "config.json").read_text()) == saved
+        assert list(saved["tasks"]) == list(entry["tasks"])
+
+
+def test_from_pretrained_reads_a_hub_repo_offline(hub_cache: Path, gen_dir: Path) -> None:
+    model = PerturbationGenerator.from_pretrained("org/tiny", revision=REV)
+    assert list(model.tasks) == list(TASKS) and not model.training
+    _same_weights(load_generator(str(gen_dir)).model, model)
+
+
+def test_from_pretrained_never_falls_back_to_pickle(hub_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub.errors import EntryNotFoundError
+
+    snapshot = hub_cache / "models--org--tiny" / "snapshots" / REV
+    (snapshot / "model.safetensors").unlink()
+    (snapshot / "pytorch_model.bin").write_bytes(b"\x80\x04not loaded")
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("pickle must never be loaded"))
+    with pytest.raises(EntryNotFoundError):  # LocalEntryNotFoundError offline: no model.safetensors
+        PerturbationGenerator.from_pretrained("org/tiny", revision=REV)

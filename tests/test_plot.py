@@ -13,8 +13,7 @@ def report() -> VerifyReport:
     rows = [TaskRow("shape", 0.4, 0.9, 0.9, 0.35, 0.4, 1.0), TaskRow("size", 0.5, 0.8, 0.8, 0.5, 0.5, 1.0)]
     curves = {"clean": {"none": [[0.5, 0.6], [0.9, 0.8]], "op": [[0.4, 0.5], [0.8, 0.7]]},
               "protected": {"none": [[0.3, 0.5], [0.35, 0.5]], "op": [[0.5, 0.5], [0.6, 0.55]]}}
-    return VerifyReport(rows, ["none", "op"], 10, 4, {}, {"metric": "acc"}, 5.0, effective=False, failing=[],
-                        seconds=1.0, curves=curves)
+    return VerifyReport(rows, ["none", "op"], 10, 4, {}, {"metric": "acc"}, 5.0, seconds=1.0, curves=curves)
 
 
 def test_plot_writes_a_png(tmp_path):

@@ -12,11 +12,13 @@ import torch
 from PIL import Image
 
 from mtlue_cli.config import DataConfig, ProtectConfig
-from mtlue_cli.data import Decoded, open_image, read_labels, split_indices
+from mtlue_cli.data import split_indices
 from mtlue_cli.errors import ConfigError, DatasetError
 from mtlue_cli.generator import PerturbationGenerator
 from mtlue_cli.hub import load_generator, save_generator
-from mtlue_cli.protect import compose, protect_dataset
+from mtlue_cli.images import Decoded, compose, open_image
+from mtlue_cli.labels import read_labels
+from mtlue_cli.protect import protect_dataset
 
 TASKS = {"shape": ["a", "b", "c"], "size": ["s", "l"]}
 CFG = dict(device="cpu", workers=1, batch_size=4)
@@ -413,3 +415,68 @@ def test_cli_protect_exit_codes(tmp_path: Path, gen_dir: Path) -> None:
 
     result = runner.invoke(app, [*base, "--out", str(root / "inside")])
     assert result.exit_code == 2, result.output
+
+
+# ----------------------------------------------------------------------------- images without a label row
+
+
+def test_unlabelled_images_stop_protect_in_one_line_or_are_listed_with_skip_bad(tmp_path: Path, loaded) -> None:
+    root, labels = make_dataset(tmp_path, [("a.png", (16, 16), "RGB"), ("b.png", (16, 16), "RGB")])
+    for i in range(7):
+        _noise((16, 16), "RGB", 100 + i).save(root / f"x{i}.png")
+    with pytest.raises(DatasetError) as info:
+        run(loaded, root, labels, tmp_path / "out")
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("7 files: image has no label row")
+    assert "(e.g. x0.png, x1.png, x2.png, x3.png, x4.png ...)" in message and "--skip-bad" in message
+    assert not (tmp_path / "out").exists()  # stopped before any work
+
+    report = run(loaded, root, labels, tmp_path / "out", skip_bad=True)
+    assert report.written == 2 and not report.failed and not report.complete
+    assert report.unlabelled == [f"x{i}.png" for i in range(7)]
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["summary"]["unlabelled"] == report.unlabelled
+    assert {e["source"] for e in _manifest(tmp_path / "out")} == {"a.png", "b.png"}  # not failures: not attempted
+
+
+# ----------------------------------------------------------------------------- preview
+
+
+def _tiles(path: Path, rows: int) -> list[int]:
+    """The side of each row's tiles in a preview (3 square tiles a row, 4 px white padding)."""
+    with Image.open(path) as im:
+        grid = np.asarray(im.convert("RGB")).astype(int)
+    content = (grid[:, 4:132] != 255).any(axis=(1, 2))  # rows of the first tile column that are not padding
+    sides, y = [], 0
+    while y < len(content):
+        if content[y]:
+            start = y
+            while y < len(content) and content[y]:
+                y += 1
+            sides.append(y - start)
+        y += 1
+    assert len(sides) == rows
+    return sides
+
+
+def test_preview_tiles_are_native_crops_a_person_can_judge(tmp_path: Path, loaded) -> None:
+    files = [("small.png", (16, 20), "RGB"), ("photo.png", (300, 220), "RGB"), ("grey.png", (40, 40), "L")]
+    root, labels = make_dataset(tmp_path, files)
+    out = tmp_path / "out"
+    report = run(loaded, root, labels, out, preview=3)
+    assert report.preview == tmp_path / "out.preview.png" and report.preview.is_file()
+    assert not (out / "out.preview.png").exists()
+    sides = _tiles(report.preview, 3)
+    assert all(side >= 128 for side in sides), sides  # not the 16-px working size
+    # The 300x220 photo: a centre crop as large as its height (under 256 px), at its own resolution.
+    assert sides[1] == 220
+    with Image.open(report.preview) as im:
+        grid = np.asarray(im.convert("RGB"))
+    top = 4 + sides[0] + 4
+    shown = grid[top:top + 220, 4 + 220 + 4:4 + 2 * 220 + 4]  # row 2, the protected tile
+    with Image.open(out / "photo.png") as written:
+        crop = np.asarray(written.convert("RGB"))[:, 40:260]  # the centre 220 x 220 of the file as written
+    assert np.array_equal(shown, crop)
+    # The 16x20 image: its 16-px centre crop enlarged 8x, pixel-exact.
+    with Image.open(out / "small.png") as written:
+        small = np.asarray(written.convert("RGB"))[2:18]
+    assert np.array_equal(grid[4:4 + 128:8, 4 + 128 + 4:4 + 2 * 128 + 4:8], small)

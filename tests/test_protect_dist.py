@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mtlue_cli import shard
+from mtlue_cli import outputs, shard
 from mtlue_cli.config import DataConfig, ProtectConfig
 from mtlue_cli.generator import PerturbationGenerator
 from mtlue_cli.hub import load_generator, save_generator
@@ -35,12 +35,12 @@ def test_resume_reads_the_parts_and_folds_them_after_a_cut_line(tmp_path: Path) 
     (tmp_path / "manifest.jsonl").write_text('{"source": "a", "status": "failed"}\n{"source": "b", "sta')
     (tmp_path / "manifest.rank1.jsonl").write_text('{"source": "c", "status": "ok"}\n')
     (tmp_path / "manifest.rank0.jsonl").write_text('{"source": "a", "status": "ok"}\n{"source": "d"')
-    assert [p.name for p in shard.parts(tmp_path)] == ["manifest.rank0.jsonl", "manifest.rank1.jsonl"]
-    assert {k: v["status"] for k, v in shard.load_manifest(tmp_path).items()} == {"a": "ok", "c": "ok"}
+    assert [p.name for p in outputs.parts(tmp_path)] == ["manifest.rank0.jsonl", "manifest.rank1.jsonl"]
+    assert {k: v["status"] for k, v in outputs.load_manifest(tmp_path).items()} == {"a": "ok", "c": "ok"}
     shard.fold_parts(tmp_path)
-    assert not shard.parts(tmp_path)
-    assert [e["source"] for e in shard.read_entries(tmp_path / "manifest.jsonl")] == ["a", "a", "c"]
-    assert shard.load_manifest(tmp_path)["a"]["status"] == "ok"
+    assert not outputs.parts(tmp_path)
+    assert [e["source"] for e in outputs.read_entries(tmp_path / "manifest.jsonl")] == ["a", "a", "c"]
+    assert outputs.load_manifest(tmp_path)["a"]["status"] == "ok"
 
 
 def test_workers_default_is_the_cores_shared_by_the_node_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -84,7 +84,7 @@ def _one_process(root: Path, labels: Path, gen: Path, out: Path, resume: bool = 
 
 
 def _entries(out: Path) -> dict[str, dict]:
-    return {e["source"]: e for e in shard.read_entries(out / "manifest.jsonl")}
+    return {e["source"]: e for e in outputs.read_entries(out / "manifest.jsonl")}
 
 
 def _files(out: Path) -> dict[str, bytes]:
@@ -107,7 +107,7 @@ def test_two_gloo_processes_write_what_one_writes_and_resume_on_one_finishes(tmp
     assert _files(two) == _files(ref) and len(_files(ref)) == 11
     assert (two / "labels.csv").read_bytes() == (ref / "labels.csv").read_bytes()
     assert _entries(two) == _entries(ref)
-    assert len(shard.read_entries(two / "manifest.jsonl")) == 11 and not shard.parts(two)
+    assert len(outputs.read_entries(two / "manifest.jsonl")) == 11 and not outputs.parts(two)
     run = json.loads((two / "run.json").read_text())
     assert run["processes"] == 2 and set(run["held_out"]) == held and run["summary"]["written"] == 11
 
@@ -119,12 +119,12 @@ def test_two_gloo_processes_write_what_one_writes_and_resume_on_one_finishes(tmp
     crashed = tmp_path / "crashed"
     proc = _torchrun(root, labels, gen, crashed)
     assert proc.returncode != 0
-    assert shard.parts(crashed) and not (crashed / "manifest.jsonl").exists() and not (crashed / "run.json").exists()
-    assert {e["source"] for p in shard.parts(crashed) for e in shard.read_entries(p)} >= {kept[2], kept[3]}
+    assert outputs.parts(crashed) and not (crashed / "manifest.jsonl").exists() and not (crashed / "run.json").exists()
+    assert {e["source"] for p in outputs.parts(crashed) for e in outputs.read_entries(p)} >= {kept[2], kept[3]}
     bad.write_bytes(good)
     report = _one_process(root, labels, gen, crashed, resume=True)
     assert report.resumed >= 2 and report.written + report.resumed == 11 and not report.failed
-    assert not shard.parts(crashed)
+    assert not outputs.parts(crashed)
     assert _files(crashed) == _files(ref)
     assert (crashed / "labels.csv").read_bytes() == (ref / "labels.csv").read_bytes()
     assert _entries(crashed) == _entries(ref)

@@ -123,8 +123,7 @@ def test_verify_out_writes_verify_json_and_it_goes_into_the_card(out: Path, tmp_
             TaskRow("size", 0.5, 0.8, 0.8, 0.5, 0.5, 1.0, {"none": 0.5, "jpeg10": 0.51})]
     recipe = {"victim": "resnet18", "stem": "cifar", "epochs": 2, "res": 64, "crop": 56, "batch_size": 8,
               "weighting": "ew", "adv_train": False, "device": "cpu", "test": "seeded split 0.3"}
-    report = VerifyReport(rows, ["none", "jpeg10"], 7, 3, {}, recipe, 5.0, effective=False, failing=["shape"],
-                          seconds=1.0, broken_by={"jpeg10": ["shape"]})
+    report = VerifyReport(rows, ["none", "jpeg10"], 7, 3, {}, recipe, 5.0, seconds=1.0)  # shape: broken after jpeg10
     # the victims are not trained here: the library call returns a fixed report (the CLI is what is tested)
     monkeypatch.setattr(importlib.import_module("mtlue_cli.verify"), "verify", lambda *a, **k: report)
     assert CliRunner().invoke(app, ["verify", str(out), "-q"]).exit_code == 4

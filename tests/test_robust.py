@@ -1,11 +1,12 @@
 import pytest
 import torch
 
+from mtlue_cli.config import SQUEEZES, FitConfig
 from mtlue_cli.defenses import bit_depth as bdr_uint8
 from mtlue_cli.defenses import grayscale as gray_uint8
 from mtlue_cli.errors import ConfigError
 from mtlue_cli.generator import PerturbationGenerator
-from mtlue_cli.robust import SQUEEZES, bit_depth, check_squeezes, grayscale, jpeg, random_squeeze, resize_blur
+from mtlue_cli.robust import bit_depth, grayscale, jpeg, random_squeeze, resize_blur
 
 TASKS = {"age": ["0", "1", "2"], "sex": ["f", "m"]}
 
@@ -48,8 +49,8 @@ def test_random_squeeze_draws_every_kind_and_rejects_unknown_names():
     seen = {random_squeeze(SQUEEZES, gen)[0].rstrip("0123456789.") for _ in range(200)}
     assert seen == {"identity", "grayscale", "jpeg", "bdr", "blur"}
     assert random_squeeze((), gen)[0] == "identity"
-    with pytest.raises(ConfigError, match="sepia"):
-        check_squeezes(("grayscale", "sepia"))
+    with pytest.raises(ConfigError, match="--robust 'sepia'.*identity, grayscale, jpeg, bits, blur"):
+        FitConfig(robust=("grayscale", "sepia"))
 
 
 def test_tanh_bound_gives_gradient_to_every_pixel_where_the_clamp_does_not():

@@ -11,9 +11,10 @@ from typer.testing import CliRunner
 
 from mtlue_cli.cli import app
 from mtlue_cli.config import DataConfig, VerifyConfig, victim_res
-from mtlue_cli.data import read_labels, split_indices
+from mtlue_cli.data import split_indices
 from mtlue_cli.defenses import ALL, expand_defenses
 from mtlue_cli.errors import ConfigError
+from mtlue_cli.labels import read_labels
 from mtlue_cli.verify import TaskRow, judge, verify
 
 N, SIZE = 96, 16

@@ -1,0 +1,362 @@
+"""Rich rendering: progress bars from the library's events, one red line per error, and the reports the
+commands return (the only place that prints, style rule 8). Verdicts are the reports' own properties."""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from mtlue_cli.errors import SHOWN, MtlueError, examples, problems_of
+
+# Progress, tables and errors on stderr; --json output on stdout. Logs and CI get 100 columns, not 80.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 100)
+out_console = Console()
+SHORT_DEFENSE = {"grayscale": "gray", "ueraser-lite": "uer-lite"}  # table headers that keep 80-100 columns
+
+
+def rank0_talks(quiet: bool) -> bool:
+    """Under torchrun only rank 0 talks: the other ranks' console is silenced. Returns the `quiet` to use."""
+    if os.environ.get("RANK", "0") != "0":
+        console.quiet = True
+        return True
+    return quiet
+
+
+class Renderer:
+    """Turns library events into Rich progress bars and log lines."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.progress: Any = None
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> Renderer:
+        if not self.quiet:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            self.progress = Progress(
+                SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn(),
+                MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                TextColumn("{task.fields[metrics]}"), console=console, transient=False,
+            )
+            self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
+    def __call__(self, kind: str, info: dict[str, Any]) -> None:
+        if kind == "log":
+            style = "yellow" if info.get("level") == "warning" else "dim"
+            if info.get("level") == "warning" or not self.quiet:
+                console.print(f"[{style}]{escape(info['message'])}[/]")  # a message's brackets are text, not markup
+            return
+        if kind == "epoch":  # the protection forming: one line per generator epoch
+            clean = f"clean {info['clean_acc']:.1%} -> " if info.get("clean_acc") is not None else ""
+            line = (f"epoch {info['epoch']}/{info['of']}  surrogate accuracy {clean}on x+δ {info['attacked_acc']:.1%}  "
+                    f"loss {info['loss']:.3f}  {info['seconds'] / 60:.1f} min")
+            if not self.quiet:
+                (self.progress.console if self.progress is not None else console).print(f"[dim]{line}[/]", highlight=False)
+            return
+        if self.progress is None:
+            return
+        stage = info.get("stage", "work")
+        if kind == "start":
+            self.tasks[stage] = self.progress.add_task(info.get("description", stage), total=info.get("total"), metrics="")
+        elif kind == "progress" and stage in self.tasks:
+            metrics = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                for k, v in info.items() if k not in ("stage", "done", "total"))
+            update: dict[str, Any] = {"completed": info["done"], "metrics": metrics}
+            if "total" in info:
+                update["total"] = info["total"]
+            self.progress.update(self.tasks[stage], **update)
+        elif kind == "end" and stage in self.tasks:
+            task = self.tasks.pop(stage)
+            total = self.progress.tasks[task].total if task in self.progress.task_ids else None
+            if total is not None:
+                self.progress.update(task, completed=total)
+
+
+@contextmanager
+def errors(debug: bool) -> Iterator[None]:
+    """One place that maps errors to a red line and an exit code (style rule 7)."""
+    try:
+        yield
+    except MtlueError as error:
+        if debug:
+            console.print_exception()
+        print_problems(problems_of(error), "red")
+        console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(error.exit_code) from None
+    except KeyboardInterrupt:
+        console.print("[bold red]interrupted[/] (Ctrl-C); rerun with --resume to continue")
+        raise typer.Exit(130) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as error:  # noqa: BLE001 - the last line of defence; --debug shows the traceback
+        if debug:
+            raise
+        console.print(f"[bold red]internal error:[/] {type(error).__name__}: {error}  (rerun with --debug for the traceback)", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def print_problems(problems: list[Any], style: str, limit: int = 20, line: Any = str) -> None:
+    """One line per file (`line(problem)`), except a reason shared by more than five files: one line, the count
+    and five names."""
+    by_reason: dict[str, list[Any]] = {}
+    for problem in problems:
+        by_reason.setdefault(problem.reason, []).append(problem)
+    shown = 0
+    for reason, group in by_reason.items():
+        if len(group) > SHOWN:
+            names = examples([p.path for p in group])
+            console.print(f"[{style}]  {len(group)} files: {escape(reason)} (e.g. {escape(names)})[/]", highlight=False,
+                          soft_wrap=True)
+            shown += 1
+            continue
+        for problem in group:
+            if shown < limit:
+                console.print(f"[{style}]  {escape(line(problem))}[/]", highlight=False, soft_wrap=True)
+            shown += 1
+    if shown > limit:
+        console.print(f"[{style}]  ... and {shown - limit} more[/]")
+
+
+# ----------------------------------------------------------------------------- inspect and fit
+
+
+def render_inspect(report: Any) -> None:
+    console.print(f"[bold]{report.images}[/] usable images in {report.root} (layout: {report.layout}"
+                  + (f", labels: {report.labels_file})" if report.labels_file else ")"))
+    for task in report.tasks:
+        console.print(f"task [bold]{task.name}[/]: {len(task.classes)} classes, majority share {task.majority_share:.1%}")
+        table = Table()
+        table.add_column("class")
+        table.add_column("images", justify="right")
+        table.add_column("share", justify="right")
+        total = sum(task.counts) or 1
+        for cls, count in zip(task.classes, task.counts):
+            table.add_row(cls, str(count), f"{count / total:.1%}")
+        console.print(table)
+    sizes = ", ".join(f"{k} x{v}" for k, v in list(report.sizes.items())[:5])
+    console.print(f"sizes: {sizes}{' ...' if len(report.sizes) > 5 else ''}")
+    console.print("modes: " + ", ".join(f"{k} x{v}" for k, v in report.modes.items()))
+    if report.flags:
+        console.print("notes: " + ", ".join(f"{k} x{v}" for k, v in report.flags.items()))
+    console.print(f"estimated protected output (lossless PNG, rough): {report.estimated_output_bytes / 1e6:.1f} MB")
+    if report.problems:
+        from mtlue_cli.errors import FileProblem
+
+        console.print(f"[yellow]{len(report.problems)} problem(s):[/]")
+        print_problems([FileProblem(p["path"], p["reason"], p["row"]) for p in report.problems], "yellow", limit=50,
+                       line=lambda p: f"{p.path}{f' (row {p.row})' if p.row else ''}: {p.reason}")
+    else:
+        console.print("[green]no problems found[/]")
+
+
+def render_recipe(name: str, cfg: Any) -> None:
+    budget = f", time budget {cfg.time_budget / 60:.0f} min" if cfg.time_budget else ""
+    console.print(f"recipe [bold]{name}[/]: {cfg.method.upper()} at {cfg.image_size} px, generator width {cfg.width}, "
+                  f"up to {cfg.epochs} epochs{budget}, batch {cfg.batch_size}, epsilon {cfg.epsilon * 255:.4g}/255, "
+                  f"{'robust to ' + '/'.join(s for s in cfg.robust if s != 'identity') if cfg.robust else 'no squeeze training'}")
+
+
+def render_fit(report: Any) -> None:
+    """`report`: fitting.FitReport."""
+    if report.skipped:
+        console.print(f"[yellow]{len(report.skipped)} file(s) skipped:[/]")
+        print_problems(report.skipped, "yellow")
+    result = report.result
+    table = Table(title="surrogate accuracy on the training set", title_justify="left")
+    table.add_column("task")
+    table.add_column("clean images", justify="right")
+    table.add_column("protected (x+δ)", justify="right")
+    for k, task in enumerate(report.tasks):
+        table.add_row(task, f"{result.surrogate_clean_acc[k]:.1%}" if result.surrogate_clean_acc else "-",
+                      f"{result.attacked_train_acc[k]:.1%}")
+    console.print(table)
+    render_fit_summary(result)
+
+
+def render_fit_summary(result: Any) -> None:
+    clean = (f"{sum(result.surrogate_clean_acc) / len(result.surrogate_clean_acc):.1%} on clean images, "
+             if result.surrogate_clean_acc else "")
+    attacked = sum(result.attacked_train_acc) / len(result.attacked_train_acc)
+    console.print(f"[bold]{result.method.upper()} generator:[/] surrogate accuracy {clean}{attacked:.1%} on x+δ after "
+                  f"{result.epochs_run} epochs in {result.seconds / 60:.1f} min (stopped by {result.stop_reason})")
+
+
+# ----------------------------------------------------------------------------- protect
+
+
+def render_protect(report: Any) -> None:
+    if report.fit is not None:
+        render_fit_summary(report.fit.result)
+    table = Table(title="protect summary", title_justify="left", show_header=False)
+    table.add_column()
+    table.add_column(justify="right")
+    table.add_row("written", str(report.written))
+    table.add_row("already done (--resume)", str(report.resumed))
+    table.add_row("held out (clean test split)", str(report.held_out))
+    table.add_row("failed", str(len(report.failed)))
+    if report.unlabelled:
+        table.add_row("no label row (--skip-bad)", f"[yellow]{len(report.unlabelled)}[/]")
+    if report.unprotected_tasks:
+        table.add_row("tasks protected", ", ".join(report.protected_tasks))
+        table.add_row("tasks NOT protected", f"[yellow]{', '.join(report.unprotected_tasks)}[/]")
+    colour = "green" if report.within_budget else "red"
+    table.add_row("max measured L-inf (files as written)",
+                  f"[{colour}]{report.max_linf_255}/255[/] (budget {report.epsilon_255:.4g}/255)")
+    table.add_row("mean PSNR / SSIM", f"{report.mean_psnr:.2f} dB / {report.mean_ssim:.4f}")
+    table.add_row("time", f"{report.seconds:.1f} s ({report.images_per_second:.1f} img/s)")
+    console.print(table)
+    for failed in report.failed[:50]:
+        console.print(f"[red]  failed: {escape(failed.source)}: {escape(failed.reason)}[/]", highlight=False)
+    if report.unlabelled:
+        console.print(f"[yellow]  {len(report.unlabelled)} image(s) without a label row were NOT protected (e.g. "
+                      f"{escape(examples(report.unlabelled))}); run.json lists them all[/]", highlight=False,
+                      soft_wrap=True)
+    if report.preview:
+        console.print(f"preview: {report.preview}")
+    console.print(f"[green]protected copies in {report.out}[/] (manifest.jsonl, run.json, labels.csv)")
+
+
+# ----------------------------------------------------------------------------- verify
+
+
+def render_verify(report: Any) -> None:
+    extra = [d for d in report.defenses if d != "none"]
+    inline = extra if len(extra) <= 3 else []  # more defences get a table of their own
+    table = Table(title="victim accuracy on clean test images (lower is better for you)", title_justify="left")
+    for col in ("task", "majority", "clean", "protected", *inline, "best", "train*"):
+        table.add_column(col, justify="left" if col == "task" else "right")
+
+    def cell(row: Any, value: float) -> str:
+        return f"[{'green' if row.within(value, report.threshold) else 'red'}]{value:.1%}[/]"
+
+    for row in report.tasks:
+        table.add_row(row.task, f"{row.majority:.1%}", f"{row.clean_acc:.1%}", cell(row, row.protected_acc),
+                      *(cell(row, row.by_defense[d]) for d in inline), f"{row.protected_best:.1%}",
+                      f"{row.protected_train_acc:.1%}")
+    mean = report.to_dict()["mean"]
+    table.add_row("[bold]mean[/]", f"{mean['majority']:.1%}", f"{mean['clean_acc']:.1%}", f"{mean['protected_acc']:.1%}",
+                  *(f"{mean['by_defense'][d]:.1%}" for d in inline), "", f"{mean['protected_train_acc']:.1%}")
+    console.print(table)
+    if extra and not inline:
+        wide = Table(title="protected-trained victim after each defence", title_justify="left")
+        for col in ("task", *(SHORT_DEFENSE.get(d, d) for d in extra)):
+            wide.add_column(col, justify="left" if col == "task" else "right")
+        for row in report.tasks:
+            wide.add_row(row.task, *(cell(row, row.by_defense[d]) for d in extra))
+        wide.add_row("[bold]mean[/]", *(f"{mean['by_defense'][d]:.1%}" for d in extra))
+        console.print(wide)
+    console.print("[dim]clean / protected: victims trained on the originals / on the protected files; "
+                  + ("defence columns: the protected files after the attacker's defence; " if extra else "")
+                  + "best: the protected victim's best epoch; train*: its accuracy on its own training files "
+                  "(high train with low test accuracy is the shortcut signature)[/]")
+    _render_profile(report)
+    if report.detect is not None:
+        _render_detect(report.detect)
+    if any(row.stl_protected_acc is not None for row in report.tasks):
+        stl = Table(title="single-task victims", title_justify="left")
+        for col in ("task", "clean-trained", "protected-trained"):
+            stl.add_column(col)
+        for row in report.tasks:
+            stl.add_row(row.task, f"{row.stl_clean_acc:.1%}", f"{row.stl_protected_acc:.1%}")
+        console.print(stl)
+    q = report.quality
+    if q:
+        console.print(f"protected files: max L-inf {q['max_linf_255']}/255, mean PSNR {q['mean_psnr']:.2f} dB, "
+                      f"mean SSIM {q['mean_ssim']:.4f} ({q['files']} files)")
+    r = report.recipe
+    console.print(f"victims: {r['victim']} ({r['stem']} stem), {r['epochs']} epochs at {r['res']} px (crop {r['crop']}), "
+                  f"batch {r['batch_size']}, {r['weighting']} weighting{', adversarial training' if r['adv_train'] else ''}, "
+                  f"on {r['device']}; {report.train_images} training / {report.test_images} clean test images "
+                  f"({r['test']}); {report.seconds / 60:.1f} min")
+    _render_verdict(report, extra)
+    if report.plot:
+        console.print(f"plot: {escape(report.plot)}", highlight=False)
+    for note in report.notes:  # e.g. pip install "mtlue[plot]": brackets that are not markup
+        console.print(f"[yellow]{escape(note)}[/]", highlight=False)
+
+
+def _render_verdict(report: Any, extra: list[str]) -> None:
+    from mtlue_cli.verdict import broken_text
+
+    if report.effective:
+        console.print(f"[bold green]protection effective[/]: every task stays within {report.threshold:g} points of the "
+                      "majority baseline when trained on the protected files"
+                      + (f", also after {', '.join(extra)}" if extra else ""))
+        return
+    console.print(f"[bold red]protection NOT effective[/]: above majority + {report.threshold:g} points for "
+                  f"{broken_text(report.broken_by)}")
+    squeezed = [d for d in report.broken_by if d != "none"]
+    if squeezed:
+        console.print(f"[yellow]what this means: someone who converts your files ({', '.join(squeezed)}) before "
+                      "training learns those tasks anyway. This is a known limit of mtlue's generators at 8/255: on "
+                      "UTKFace faces the CPU default gives most of the clean accuracy back after grayscale and JPEG-10, "
+                      "and no recipe we measured holds under every squeeze yet (benchmarks/RESULTS.md).[/]")
+
+
+def _render_profile(report: Any) -> None:
+    profile = report.profile
+    if len(profile) < 2:  # defence "none" alone: the main table says it all
+        return
+    table = Table(title="robustness profile (means over tasks)", title_justify="left")
+    for col in ("defence", "clean-trained", "protected-trained", "verdict"):
+        table.add_column(col, justify="right" if col.endswith("trained") else "left")
+    for p in profile:
+        names = ", ".join(p.broken[:3]) + (f" +{len(p.broken) - 3}" if len(p.broken) > 3 else "")
+        table.add_row(p.defense, "—" if p.clean_mean is None else f"{p.clean_mean:.1%}", f"{p.protected_mean:.1%}",
+                      "[green]holds[/]" if p.verdict == "holds" else f"[red]broken[/]: {names}")
+    console.print(table)
+    console.print("[dim]clean-trained: what the defence costs a model of the originals; a defence that costs it "
+                  "as much as it returns from the protected files gains the attacker nothing"
+                  + ("" if all(p.clean_mean is not None for p in profile) else " (— : measured with --profile)")
+                  + "[/]")
+
+
+def _render_detect(detect: Any) -> None:
+    table = Table(title="detectability: a linear model on raw pixels, held-out accuracy", title_justify="left")
+    for col in ("task", "protected", "epoch", "originals", "epoch", "reading"):
+        table.add_column(col, justify="left" if col in ("task", "reading") else "right")
+    for row in detect.tasks:
+        table.add_row(row.task, f"{row.protected.acc:.1%}", str(row.protected.epoch), f"{row.clean.acc:.1%}",
+                      str(row.clean.epoch), "[red]easy to detect[/]" if row.detectable else "[green]not easier[/]")
+    console.print(table)
+    console.print(escape(detect.summary), highlight=False)
+
+
+# ----------------------------------------------------------------------------- export and publish
+
+
+def render_aliases(registry: dict[str, dict[str, Any]]) -> None:
+    table = Table(title="pretrained aliases", title_justify="left")
+    for col in ("alias", "repo", "revision", "size", "tasks"):
+        table.add_column(col)
+    for alias, entry in registry.items():
+        table.add_row(alias, entry["repo_id"], (entry.get("revision") or "bundled only")[:12], str(entry["image_size"]),
+                      ", ".join(f"{k}({len(v)})" for k, v in entry["tasks"].items()))
+    console.print(table)
+
+
+def render_publish(report: Any, out: Any, to: str | None) -> None:
+    for failed in report.failed[:50]:
+        console.print(f"[yellow]  left out (failed in protect): {escape(failed.path)}: {escape(failed.reason)}[/]",
+                      highlight=False)
+    console.print(f"{report.train_images} protected images" + (f" + {report.test_images} clean test originals"
+                  if report.test_images else "") + f", {report.files} files, {report.bytes / 1e6:.1f} MB in {report.folder}")
+    console.print(f"card: {report.card} (license: {report.license}, {'verified' if report.verified else 'not verified'})")
+    if report.url is None:
+        console.print("[bold]dry run[/]: nothing was sent" + (f"; to upload: mtlue publish {out} --to {to}" if to else ""))
+    else:
+        console.print(f"[green]published to {report.url}[/]")

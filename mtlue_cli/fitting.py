@@ -1,0 +1,54 @@
+"""A generator fitted on a folder of labelled images: the recipe `auto` resolved for this machine, the images
+decoded at the recipe's working size, the holdout left out. `mtlue fit` and `protect` without --generator
+run it; `fit.fit_generator` is the training loop it calls on the decoded images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mtlue_cli.config import FIT_RECIPES, DataConfig, FitConfig, make_config
+from mtlue_cli.data import load_dataset
+from mtlue_cli.errors import ConfigError, FileProblem
+from mtlue_cli.events import OnEvent
+from mtlue_cli.labels import LabelTable
+
+
+def fit_config(recipe: str = "auto", **flags: Any) -> tuple[str, FitConfig]:
+    """(recipe name, config): `auto` is `strong` where a CUDA GPU will run the fit and `quick` elsewhere
+    (`fit.default_recipe` on the flags' device); then the recipe's values, then the flags that are not None."""
+    if recipe == "auto":
+        from mtlue_cli.fit import default_recipe
+
+        recipe = default_recipe(flags.get("device") or "auto")
+    if recipe not in FIT_RECIPES:
+        raise ConfigError(f"--recipe must be auto or one of {', '.join(FIT_RECIPES)}")
+    return recipe, make_config(FitConfig, FIT_RECIPES[recipe], **flags)
+
+
+@dataclass
+class FitReport:
+    result: Any  # fit.FitResult
+    out: Path
+    tasks: list[str]
+    images: int  # the images the generator was fitted on
+    skipped: list[FileProblem] = field(default_factory=list)  # --skip-bad: the files left out
+
+
+def fit_folder(data: DataConfig, cfg: FitConfig, out: Path, on_event: OnEvent | None = None,
+               table: LabelTable | None = None, exclude: set[str] | None = None, replace: bool = False) -> FitReport:
+    """Decode `data` at the generator's working size (`cfg.image_size`), leave out the `exclude` paths, fit
+    and write the generator to `out`. `out` may hold a generator only with cfg.resume or `replace`."""
+    from mtlue_cli.fit import fit_generator
+    from mtlue_cli.hub import WEIGHTS
+
+    out = Path(out)
+    if (out / WEIGHTS).exists() and not (cfg.resume or replace):
+        raise ConfigError(f"{out} already holds a generator; choose another --out or pass --resume")
+    dataset = load_dataset(dataclasses.replace(data, size=cfg.image_size), on_event, table=table)
+    dataset = dataset.without(exclude or set())
+    result = fit_generator(dataset, cfg, out, on_event)
+    return FitReport(result, out, list(dataset.spec.names), len(dataset), dataset.skipped)

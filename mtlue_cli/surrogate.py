@@ -1,0 +1,161 @@
+"""The surrogates a generator attacks (method-spec §5): prepared once per fit (cached for --resume), and
+their accuracy on x + G(x, y), which the stop rule reads.
+
+Each base method has one provider in fit.METHODS: EM trains a fresh surrogate alternately with the
+generator (§4.2); TAP attacks the final state of a clean pre-trained model (§4.3); SEP attacks its
+periodic checkpoints (§4.4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from mtlue_cli.classifiers import MTLClassifier, predict
+from mtlue_cli.config import FitConfig, milestones
+from mtlue_cli.engine import (ClassifierTrainer, Dist, augment, autocast, batch_indices, evaluate, save_atomic,
+                              to_float, train_classifier)
+from mtlue_cli.events import OnEvent, log
+from mtlue_cli.robust import random_squeeze
+
+
+@dataclass
+class FitContext:
+    """What every stage of a fit shares: the training set on the host and the run plumbing."""
+
+    images: torch.Tensor  # uint8 (N,3,S,S)
+    labels: torch.Tensor  # long (N,K)
+    num_classes: list[int]
+    task_names: tuple[str, ...]
+    crop: int
+    device: torch.device
+    dist: Dist
+    gen: torch.Generator  # drives shuffles, crops and squeezes
+    amp: str
+    on_event: OnEvent
+
+
+@dataclass
+class Surrogates:
+    """The frozen models the generator attacks, or EM's live one."""
+
+    attacked: list[nn.Module]  # every batch's target (SEP: one pass per checkpoint)
+    squeezed: list[nn.Module] = field(default_factory=list)  # paired_surrogates: the squeezed batches' target
+    trainer: ClassifierTrainer | None = None  # EM: trained between generation steps (§4.2)
+    clean_acc: list[float] | None = None  # per task, of the final clean model on its training set
+
+    def for_squeeze(self, name: str) -> list[nn.Module]:
+        """The surrogates a batch drawn through squeeze `name` attacks."""
+        return self.squeezed if self.squeezed and name != "identity" else self.attacked
+
+
+SurrogateProvider = Callable[[FitContext, FitConfig, Path], Surrogates]
+Targets = Callable[[torch.Tensor, list[int]], torch.Tensor]  # (B, K) labels -> (B, K) class indices
+
+
+def _model(ctx: FitContext, cfg: FitConfig) -> MTLClassifier:
+    return MTLClassifier(ctx.num_classes, arch=cfg.surrogate, stem=cfg.surrogate_stem, image_size=ctx.crop)
+
+
+def _freeze(model: nn.Module) -> nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def fresh(ctx: FitContext, cfg: FitConfig, cache: Path) -> Surrogates:
+    """EM (§4.2): an untrained surrogate, updated on A(x + G(x, y)) between generation steps."""
+    trainer = ClassifierTrainer(_model(ctx, cfg), ctx.num_classes, device=ctx.device, amp=ctx.amp, dist=ctx.dist)
+    return Surrogates([trainer.model], trainer=trainer)
+
+
+def final(ctx: FitContext, cfg: FitConfig, cache: Path) -> Surrogates:
+    """TAP (§4.3): the clean model at the end of its training."""
+    return _pretrained(ctx, cfg, cache, checkpoints=False)
+
+
+def checkpoints(ctx: FitContext, cfg: FitConfig, cache: Path) -> Surrogates:
+    """SEP (§4.4): the clean model's states every `sep_every` epochs (§5)."""
+    return _pretrained(ctx, cfg, cache, checkpoints=True)
+
+
+def _pretrained(ctx: FitContext, cfg: FitConfig, cache: Path, checkpoints: bool) -> Surrogates:
+    # robust_surrogate (a deviation from §5, off in paper-*): the surrogate also learns from squeezed
+    # images, so the gradient that reaches δ through a squeeze comes from a model that reads such images.
+    # paired_surrogates keeps the clean one too, for the unsqueezed batches (the no-defence strength).
+    kinds = (["clean"] if not cfg.robust_surrogate or cfg.paired_surrogates else []) + (
+        ["squeezed"] if cfg.robust_surrogate else [])
+    if cfg.resume and cache.is_file():
+        saved_all = torch.load(cache, map_location="cpu", weights_only=True)
+        saved_all = {kinds[0]: saved_all} if "final" in saved_all else saved_all  # a checkpoint of mtlue <= 0.1
+    else:
+        saved_all = {kind: _train(ctx, cfg, kind, checkpoints) for kind in kinds}
+        if ctx.dist.is_main:
+            save_atomic(saved_all, cache)
+    surrogates = Surrogates([])
+    for kind in kinds:
+        saved = saved_all[kind]
+        for state in list(saved["checkpoints"].values()) if checkpoints else [saved["final"]]:
+            model = _model(ctx, cfg)
+            model.load_state_dict(state, strict=True)
+            paired = kind == "squeezed" and cfg.paired_surrogates
+            (surrogates.squeezed if paired else surrogates.attacked).append(_freeze(model.to(ctx.device)))
+    clean = _model(ctx, cfg)
+    clean.load_state_dict(saved_all[kinds[0]]["final"], strict=True)
+    surrogates.clean_acc = evaluate(clean.to(ctx.device), ctx.images, ctx.labels, ctx.num_classes, ctx.crop, ctx.device)
+    log(ctx.on_event, "clean surrogate train accuracy: " + ", ".join(
+        f"{t} {a:.1%}" for t, a in zip(ctx.task_names, surrogates.clean_acc))
+        + f" ({len(surrogates.attacked)} surrogate(s) attacked)")
+    return surrogates
+
+
+def _train(ctx: FitContext, cfg: FitConfig, kind: str, checkpoints: bool) -> dict[str, dict]:
+    """Train one clean (or, `kind` "squeezed", squeeze-trained) surrogate (§5); its final state and checkpoints."""
+    trainer = ClassifierTrainer(_model(ctx, cfg), ctx.num_classes,
+                                milestones=milestones(cfg.surrogate_epochs, cfg.surrogate_milestones),
+                                device=ctx.device, amp=ctx.amp, dist=ctx.dist)
+    squeezed = (lambda x: random_squeeze(tuple(cfg.robust), ctx.gen)[1](x)) if kind == "squeezed" else None
+    result = train_classifier(
+        trainer, ctx.images, ctx.labels, epochs=cfg.surrogate_epochs, batch_size=cfg.batch_size, crop=ctx.crop,
+        gen=ctx.gen, checkpoint_every=cfg.sep_every if checkpoints else None, input_transform=squeezed,
+        on_event=ctx.on_event, stage="surrogate", description=f"{kind.capitalize()} surrogate",
+    )
+    return {"final": {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()},
+            "checkpoints": {str(e): s for e, s in result.checkpoints.items()}}
+
+
+def perturbed(x: torch.Tensor, y: torch.Tensor, generator: nn.Module) -> torch.Tensor:
+    """x + G(x, y), clamped to the image range as the released files will be (§13.4 fixed)."""
+    return (x + generator(x, y)).clamp(0, 1)
+
+
+@torch.no_grad()
+def accuracy_on_perturbed(ctx: FitContext, generator: nn.Module, model: nn.Module, batch_size: int, target: Targets,
+                          augmented: bool, train_mode: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-task accuracy (K,) of `model` on x + G(x, y) (augmented as A(.) if `augmented`) over the whole training
+    set (§4.1), against `target(y)` and against the true labels. The generator runs in eval mode."""
+    generator.eval()
+    # §14.1: the official EM check runs the surrogate in train mode (batch BN statistics); 'eval' is ours.
+    model.train(train_mode)
+    nc, device = ctx.num_classes, ctx.device
+    hits_target = torch.zeros(len(nc), device=device)
+    hits_true = torch.zeros(len(nc), device=device)
+    count = torch.zeros((), device=device)
+    for idx in batch_indices(len(ctx.images), batch_size, False, None, dist=ctx.dist):
+        x, y = to_float(ctx.images[idx], device), ctx.labels[idx].to(device)
+        with autocast(device, ctx.amp):
+            xp = perturbed(x, y, generator)
+            if augmented:
+                xp = augment(xp, ctx.crop, ctx.gen)
+            pred = predict([t.float() for t in model(xp)], nc)
+        hits_target += (pred == target(y, nc)).sum(0)
+        hits_true += (pred == y).sum(0)
+        count += len(idx)
+    model.eval()
+    ctx.dist.all_sum(hits_target), ctx.dist.all_sum(hits_true), ctx.dist.all_sum(count)
+    return hits_target / count, hits_true / count
