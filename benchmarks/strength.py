@@ -171,7 +171,7 @@ def describe(result: dict[str, Any]) -> str:
         f" (grayscale x{squeezes.count('grayscale')})" if squeezes.count("grayscale") > 1 else "")
     surrogate = ("" if not c.get("robust_surrogate") else
                  ", clean + squeeze-trained surrogates" if c.get("paired_surrogates") else ", squeeze-trained surrogate")
-    return (f"{c['method'].upper()}, {c['image_size']} px, width {c['width']}, {c['bound']}, lr {c['lr']:g}, "
+    return (f"{c['method'].upper()}, {c['image_size']} px, {c.get('stem', 'cifar')} stem, width {c['width']}, {c['bound']}, lr {c['lr']:g}, "
             f"batch {c['batch_size']}, {eot}{surrogate}")
 
 

@@ -54,9 +54,9 @@ def inspect(
 
 @app.command(epilog=(
     "Strength presets (--preset): " + EPILOG_PRESETS + ". --epsilon overrides (8/255, 0.0314 or 8).\n\n"
-    "Recipes (--recipe): auto = strong on a GPU, quick on the CPU. quick = TAP at 32 px, full-width generator, ε·tanh, "
-    "squeeze training, as many epochs as fit a 19-minute budget (method-spec §14.3: smaller working size than the paper); "
-    "strong = the same at 64 px, 60 epochs; paper-utkface = 140 px, crop 128, batch 128, 100 epochs, the paper's hard "
+    "Recipes (--recipe): auto = strong on a GPU, quick on the CPU. quick = TAP at 64 px with the generator's ImageNet "
+    "stem (cheaper on a CPU than the paper's CIFAR stem), full width, ε·tanh, squeeze training, as many epochs as fit a "
+    "19-minute budget (method-spec §14.3: smaller working size than the paper); strong = 64 px, CIFAR stem, 60 epochs; paper-utkface = 140 px, crop 128, batch 128, 100 epochs, the paper's hard "
     "clamp and no squeeze training; paper-celeba = 70 px, crop 64, batch 512.\n\n"
     "Examples:\n\n  mtlue fit ./faces --labels attrs.csv --out gen/\n\n"
     "  mtlue fit ./faces --labels attrs.csv --time-budget 45m --out gen/\n\n"
@@ -87,6 +87,7 @@ def fit(
     surrogate: Annotated[Optional[str], typer.Option(help="Surrogate trunk: resnet18|resnet50|vgg16|densenet121|vit_b_16.")] = None,
     bound: Annotated[Optional[str], typer.Option(help="How δ is kept within ±ε: clamp (the paper's hard clamp) or tanh (ε·tanh; learns faster in short runs).")] = None,
     width: Annotated[Optional[int], typer.Option(help="Generator width: 64 (the paper's), 32 or 16 (cheaper).")] = None,
+    stem: Annotated[Optional[str], typer.Option(help="Generator stem: cifar (the paper's for 70/140 px; --size a multiple of 2) or imagenet (8x down and up; --size a multiple of 8; the CPU default).")] = None,
     robust: Annotated[Optional[bool], typer.Option("--robust/--no-robust", help="Train through the attacker's cheap squeezes (grayscale, JPEG, bit depth, blur). On in auto/quick/strong, off in paper-*.")] = None,
     time_budget: Annotated[Optional[str], typer.Option(help="Wall-clock budget for the whole fit, e.g. 15m, 1h, 900 (seconds); 'none' lifts the recipe's: the generator epochs are planned to fit it.")] = None,
     stop_acc: Annotated[Optional[float], typer.Option(help="Stop once the surrogate's mean accuracy on x+δ (true labels) is at most this, e.g. 0.1.")] = None,
@@ -119,7 +120,7 @@ def fit(
             lambda_intra=lambda_intra, lambda_inter=lambda_inter, intra_form=intra_form, tap_binary=tap_binary,
             sep_recompute=sep_recompute, sep_paper_weighting=sep_paper_weighting, em_stop_mode=em_stop_mode,
             unprotected=names(unprotected), surrogate=surrogate, bound=bound, checkpoint_every=checkpoint_every,
-            resume=resume, amp=amp, device=device, seed=seed, width=width, stop_acc=stop_acc,
+            resume=resume, amp=amp, device=device, seed=seed, width=width, stem=stem, stop_acc=stop_acc,
             robust=None if robust is None else (SQUEEZES if robust else ()),
             time_budget=parse_duration(time_budget) if time_budget and not lift else None,
         )

@@ -165,7 +165,7 @@ def render_inspect(report: Any) -> None:
 
 def render_recipe(name: str, cfg: Any) -> None:
     budget = f", time budget {cfg.time_budget / 60:.0f} min" if cfg.time_budget else ""
-    console.print(f"recipe [bold]{name}[/]: {cfg.method.upper()} at {cfg.image_size} px, generator width {cfg.width}, "
+    console.print(f"recipe [bold]{name}[/]: {cfg.method.upper()} at {cfg.image_size} px, generator {cfg.stem} stem, width {cfg.width}, "
                   f"up to {cfg.epochs} epochs{budget}, batch {cfg.batch_size}, epsilon {cfg.epsilon * 255:.4g}/255, "
                   f"{'robust to ' + '/'.join(s for s in cfg.robust if s != 'identity') if cfg.robust else 'no squeeze training'}")
 
