@@ -348,42 +348,6 @@ def make_config(cls: type[T], recipe: dict[str, Any] | None = None, **overrides:
     return cls(**values)
 
 
-def parse_epsilon(text: str) -> float:
-    """'8/255', '0.0314', '8' (read as /255) or a preset name -> a fraction in (0, 1)."""
-    text = text.strip().lower()
-    if text in EPSILON_PRESETS:
-        return EPSILON_PRESETS[text]
-    try:
-        if "/" in text:
-            num, den = text.split("/", 1)
-            value = float(num) / float(den)
-        else:
-            value = float(text)
-            if value >= 1:  # integers like 8 mean 8/255, as the research CLIs write it
-                value /= 255
-    except ValueError:
-        raise ConfigError(
-            f"epsilon {text!r} is not a number: write e.g. 8/255, 0.0314, 8 or one of "
-            f"{', '.join(EPSILON_PRESETS)}"
-        ) from None
-    if not 0 < value <= MAX_EPSILON:
-        raise ConfigError(f"epsilon {text!r} = {value:.4f} is outside (0, 64/255]")
-    return value
-
-
-def parse_duration(text: str) -> float:
-    """'15m', '1h', '90s', '900' (seconds) -> seconds."""
-    text = text.strip().lower()
-    units = {"s": 1, "m": 60, "h": 3600}
-    try:
-        value = float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
-    except ValueError:
-        raise ConfigError(f"duration {text!r} is not one: write e.g. 15m, 1h, 90s or 900 (seconds)") from None
-    if value <= 0:
-        raise ConfigError(f"duration {text!r} must be positive")
-    return value
-
-
 def milestones(epochs: int, given: tuple[int, ...] | None) -> tuple[int, ...]:
     """LR drops at 60% and 80% of the run unless given (the paper's [60, 80]/100 and [36, 48]/60)."""
     return tuple(given) if given is not None else (int(epochs * 0.6), int(epochs * 0.8))

@@ -19,6 +19,7 @@ import torch.nn as nn
 from mtlue_cli.classifiers import predict, task_losses
 from mtlue_cli.errors import ConfigError
 from mtlue_cli.events import OnEvent, noop
+from mtlue_cli.files import atomic_write
 
 # ----------------------------------------------------------------------------- run plumbing
 
@@ -170,10 +171,8 @@ def batch_indices(n: int, batch_size: int, shuffle: bool, gen: torch.Generator |
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save through a temporary file, so an interrupted write never leaves half a checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save through `files.atomic_write`, so an interrupted write never leaves half a checkpoint."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def to_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -1,8 +1,11 @@
-"""Writing a file so that a reader, a crash or a full disk never leaves half of it under its final name."""
+"""Writing a file so that a reader, a crash or a full disk never leaves half of it under its final name; and
+the digest that says whether a file is the one written."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import threading
 from pathlib import Path
 from typing import Any, Callable
@@ -26,3 +29,16 @@ def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
 def write_text(path: Path, text: str) -> None:
     """`text` as UTF-8 with "\\n" line ends, written atomically."""
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8", newline="\n"))
+
+
+def copy_file(source: Path, path: Path) -> None:
+    """A copy of `source` at `path`, written atomically."""
+    atomic_write(path, lambda tmp: shutil.copyfile(source, tmp))
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -225,11 +225,6 @@ def fit_generator(dataset: MultiTaskImageDataset, cfg: FitConfig, out: Path, on_
     return result
 
 
-def default_recipe(device: str = "auto") -> str:
-    """The recipe `auto` stands for: `strong` where a CUDA GPU will run the fit, `quick` elsewhere."""
-    return "strong" if resolve_device(device).type == "cuda" else "quick"
-
-
 def _build_generator(dataset: MultiTaskImageDataset, cfg: FitConfig, method: Method, surrogates: int) -> PerturbationGenerator:
     generator = PerturbationGenerator(
         tasks=dataset.spec.to_dict(), image_size=cfg.image_size, epsilon=cfg.epsilon, stem=cfg.stem,

@@ -17,12 +17,17 @@ from mtlue_cli.events import OnEvent
 from mtlue_cli.labels import LabelTable
 
 
-def fit_config(recipe: str = "auto", **flags: Any) -> tuple[str, FitConfig]:
-    """(recipe name, config): `auto` is `strong` where a CUDA GPU will run the fit and `quick` elsewhere
-    (`fit.default_recipe` on the flags' device); then the recipe's values, then the flags that are not None."""
-    if recipe == "auto":
-        from mtlue_cli.fit import default_recipe
+def default_recipe(device: str = "auto") -> str:
+    """The recipe `auto` stands for: `strong` where a CUDA GPU will run the fit, `quick` elsewhere."""
+    from mtlue_cli.engine import resolve_device
 
+    return "strong" if resolve_device(device).type == "cuda" else "quick"
+
+
+def fit_config(recipe: str = "auto", **flags: Any) -> tuple[str, FitConfig]:
+    """(recipe name, config): `auto` is `default_recipe` on the flags' device; then the recipe's values, then the
+    flags that are not None."""
+    if recipe == "auto":
         recipe = default_recipe(flags.get("device") or "auto")
     if recipe not in FIT_RECIPES:
         raise ConfigError(f"--recipe must be auto or one of {', '.join(FIT_RECIPES)}")

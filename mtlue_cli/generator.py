@@ -9,7 +9,6 @@ supplies the framework hooks: strict safetensors with string metadata, and confi
 """
 
 import json
-import os
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from torchvision.models.resnet import BasicBlock
 from mtlue_cli import __version__
 from mtlue_cli.config import BOUNDS, CONDITIONINGS, GENERATOR_STEMS, STEM_DOWNSAMPLING, WIDTHS
 from mtlue_cli.errors import WeightsError
+from mtlue_cli.files import atomic_write, write_text
 
 # How a generator was made: kept in model.safetensors' string metadata next to the fields derived from the model.
 PROVENANCE = ("base_method", "seed", "train_dataset_fingerprint", "created")
@@ -282,11 +282,9 @@ class PerturbationGenerator(
         from safetensors.torch import save_file
 
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        weights = save_directory / SAFETENSORS_SINGLE_FILE
-        tmp = weights.with_name(weights.name + ".tmp")
-        save_file(state, str(tmp), metadata=self.weights_metadata())
-        os.replace(tmp, weights)
-        (save_directory / CONFIG_NAME).write_text(json.dumps(self.config, indent=2) + "\n")
+        metadata = self.weights_metadata()
+        atomic_write(save_directory / SAFETENSORS_SINGLE_FILE, lambda tmp: save_file(state, str(tmp), metadata=metadata))
+        write_text(save_directory / CONFIG_NAME, json.dumps(self.config, indent=2) + "\n")
 
     @classmethod
     def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir: str | Path | None,

@@ -8,7 +8,6 @@ validated and capped before anything is allocated; tensor names and shapes must 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from typing import Any
 from mtlue_cli import __version__
 from mtlue_cli.config import BOUNDS, CONDITIONINGS, GENERATOR_STEMS, MAX_EPSILON, STEM_DOWNSAMPLING, WIDTHS
 from mtlue_cli.errors import MtlueError, WeightsError
+from mtlue_cli.files import file_sha256, write_text  # file_sha256: encode, protect, benchmarks still import it here
 from mtlue_cli.model_card import model_card
 
 WEIGHTS, CONFIG, RECORD, CARD = "model.safetensors", "config.json", "fit_record.json", "README.md"
@@ -45,14 +45,6 @@ class LoadedGenerator:
         return self.metadata.get("base_method")
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def generator_config(generator: Any) -> dict[str, Any]:
     """What config.json holds for `generator` (a PerturbationGenerator): keys sorted, tasks in order."""
     return generator.config
@@ -70,10 +62,10 @@ def save_generator(generator: Any, out: Path, method: str | None = None, record:
         "created": str(run.get("created", "")),
     }
     # Written first: save_pretrained keeps an existing README.md instead of generating its own.
-    (out / CARD).write_text(model_card(generator.config, generator.weights_metadata(), record))
+    write_text(out / CARD, model_card(generator.config, generator.weights_metadata(), record))
     generator.save_pretrained(out)
     if record is not None:
-        (out / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        write_text(out / RECORD, json.dumps(record, indent=2) + "\n")
     return out
 
 

@@ -9,7 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from mtlue_cli.cli import app
-from mtlue_cli.config import EPSILON_PRESETS, FitConfig, parse_epsilon
+from mtlue_cli.cli.options import parse_epsilon
+from mtlue_cli.config import EPSILON_PRESETS, FitConfig
 from mtlue_cli.errors import ConfigError
 
 runner = CliRunner()
@@ -22,6 +23,30 @@ def test_help_lists_every_command_and_the_presets():
         assert command in result.output
     fit_help = runner.invoke(app, ["fit", "--help"], env={"COLUMNS": "200"}).output
     assert "low = 4/255" in fit_help and "high = 16/255" in fit_help and "Examples" in fit_help
+
+
+def test_an_option_group_is_its_fields_as_options_and_reaches_the_command_as_one_dataclass():
+    import typer
+
+    from mtlue_cli.cli.options import LabelOptions, ReadOptions, option_groups
+
+    seen = []
+    mini = typer.Typer()
+
+    @mini.command()
+    @option_groups
+    def read(data: str, read: ReadOptions = ReadOptions(), quiet: bool = False) -> None:
+        seen.append((data, read, quiet))
+
+    result = runner.invoke(mini, ["here", "--tasks", "a,b", "--split", "all", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert seen == [("here", ReadOptions(tasks="a,b", split="all"), True)]
+    assert "--path-column" in runner.invoke(mini, ["--help"], env={"COLUMNS": "200"}).output
+
+    def clash(read: LabelOptions = LabelOptions(), tasks: str = "") -> None: ...
+
+    with pytest.raises(ValueError, match="duplicate parameter name"):
+        option_groups(clash)
 
 
 def test_epsilon_parsing():

@@ -165,12 +165,24 @@ def test_demo_is_one_call_and_exits_by_the_verdict(monkeypatch, tmp_path) -> Non
     assert call.calls == [((tmp_path,), dict(generator="demo-shapes", images=40, epochs=12, device="cpu", seed=0))]
 
 
-def test_export_loads_and_exports_once(monkeypatch, tmp_path) -> None:
-    loaded = SimpleNamespace(spec="demo-shapes")
-    load, export = Recorder(loaded), Recorder(tmp_path / "to")
-    monkeypatch.setattr("mtlue_cli.hub.load_generator", load)
-    monkeypatch.setattr("mtlue_cli.export.export_generator", export)
+def test_export_is_one_call_with_its_config(monkeypatch, tmp_path) -> None:
+    from mtlue_cli.export import ExportConfig, ExportReport
+
+    call = Recorder(ExportReport(tmp_path / "to"))
+    monkeypatch.setattr("mtlue_cli.export.export_and_push", call)
+    _forbid(monkeypatch, "mtlue_cli.hub.load_generator", "mtlue_cli.export.export_generator",
+            "mtlue_cli.export.push_generator")
     result = runner.invoke(app, ["export", "demo-shapes", "--to", str(tmp_path / "to"), "--overwrite"], env=ENV)
     assert result.exit_code == 0, result.output
-    assert load.calls == [(("demo-shapes",), {"revision": None})]
-    assert export.calls == [((loaded, tmp_path / "to", None, True), {})]
+    assert call.calls == [((ExportConfig("demo-shapes", to=tmp_path / "to", overwrite=True),), {})]
+    assert "generator exported to" in result.output and "pushed" not in result.output
+
+    call.result = ExportReport(tmp_path / "to", "org/x", "https://hub/commit")
+    result = runner.invoke(app, ["export", "demo-shapes", "--to", str(tmp_path / "to"), "--push", "org/x",
+                                 "--private", "--revision", "dev"], env=ENV)
+    assert result.exit_code == 0, result.output
+    assert call.calls[-1] == ((ExportConfig("demo-shapes", to=tmp_path / "to", push="org/x", private=True,
+                                            revision="dev"),), {})
+    assert "pushed to org/x" in result.output and "https://hub/commit" in result.output
+    assert runner.invoke(app, ["export", "demo-shapes"], env=ENV).exit_code == 2  # neither --to nor --push
+    assert len(call.calls) == 2

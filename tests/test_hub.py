@@ -270,6 +270,32 @@ def test_export_refuses_non_empty_target(tmp_path: Path, gen_dir: Path) -> None:
     assert (to / "README.md").is_file()
 
 
+def test_export_and_push_loads_once_exports_once_and_pushes_the_folder(monkeypatch, tmp_path: Path) -> None:
+    import mtlue_cli.export as export
+
+    loaded = object()
+    calls: dict[str, list] = {"load": [], "export": [], "push": []}
+    monkeypatch.setattr(export, "load_generator", lambda *a, **k: calls["load"].append((a, k)) or loaded)
+    monkeypatch.setattr(export, "export_generator", lambda *a, **k: calls["export"].append((a, k)) or Path(a[1]))
+    monkeypatch.setattr(export, "push_generator", lambda *a, **k: calls["push"].append((a, k)) or "https://hub/commit")
+    cfg = export.ExportConfig("demo-shapes", to=tmp_path / "to", overwrite=True, revision="v1")
+    report = export.export_and_push(cfg)
+    assert calls["load"] == [(("demo-shapes",), {"revision": "v1"})] and calls["push"] == []
+    assert calls["export"] == [((loaded, tmp_path / "to", None, True), {})]
+    assert report == export.ExportReport(tmp_path / "to")
+
+    events: list = []
+    report = export.export_and_push(export.ExportConfig("demo-shapes", push="me/x", revision="dev"),
+                                    on_event=lambda kind, info: events.append(info["message"]))
+    assert calls["load"][-1] == (("demo-shapes",), {"revision": None})  # with --push, --revision is the branch
+    assert report.folder.name.startswith("mtlue-export-") and report.url == "https://hub/commit"
+    assert calls["push"] == [((report.folder, "me/x"), {"private": False, "revision": "dev"})]
+    assert events == [f"generator exported to {report.folder}; uploading it to me/x"]
+    report.folder.rmdir()
+    with pytest.raises(ConfigError, match="--to DIR and/or --push"):
+        export.ExportConfig("demo-shapes")
+
+
 # ----------------------------------------------------------------------------- the mixin's public API
 
 

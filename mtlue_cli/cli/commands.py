@@ -12,12 +12,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from mtlue_cli.cli.options import (AmpOpt, DataArg, DebugOpt, DeviceOpt, LabelsOpt, LayoutOpt, PartitionOpt, PathColumnOpt,
-                               QuietOpt, SeedOpt, SkipBadOpt, SplitOpt, TasksOpt, WorkersOpt, app, data_config, names)
-from mtlue_cli.cli.render import (Renderer, console, errors, out_console, rank0_talks, render_aliases, render_fit,
-                                  render_inspect, render_protect, render_publish, render_recipe, render_verify)
-from mtlue_cli.config import (EPSILON_PRESETS, SQUEEZES, VERIFY_RECIPES, ProtectConfig, VerifyConfig, make_config,
-                              parse_duration, parse_epsilon)
+from mtlue_cli.cli.options import (AmpOpt, DataArg, DebugOpt, DeviceOpt, LabelOptions, LabelsOpt, QuietOpt, ReadOptions,
+                                   SeedOpt, SkipBadOpt, TasksOpt, WorkersOpt, app, names, option_groups, parse_duration,
+                                   parse_epsilon)
+from mtlue_cli.cli.render import (Renderer, console, errors, out_console, rank0_talks, render_aliases, render_export,
+                                  render_fit, render_inspect, render_protect, render_publish, render_recipe, render_verify)
+from mtlue_cli.config import EPSILON_PRESETS, SQUEEZES, VERIFY_RECIPES, ProtectConfig, VerifyConfig, make_config
 from mtlue_cli.errors import ConfigError
 from mtlue_cli.files import write_text
 
@@ -25,14 +25,11 @@ EPILOG_PRESETS = ", ".join(f"{k} = {round(v * 255)}/255" for k, v in EPSILON_PRE
 
 
 @app.command(epilog="Examples:\n\n  mtlue inspect ./photos --labels attrs.csv\n\n  mtlue inspect ./UTKFace --layout utkface --json")
+@option_groups
 def inspect(
     data: DataArg,
     labels: LabelsOpt = None,
-    layout: LayoutOpt = "auto",
-    path_column: PathColumnOpt = None,
-    tasks: TasksOpt = None,
-    partition: PartitionOpt = None,
-    split: SplitOpt = "train",
+    read: ReadOptions = ReadOptions(),
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
     workers: WorkersOpt = 2,
     debug: DebugOpt = False,
@@ -42,7 +39,7 @@ def inspect(
     with errors(debug):
         from mtlue_cli.inspect import inspect_dataset
 
-        cfg = data_config(data, labels, layout, path_column, tasks, partition, split, False, workers)
+        cfg = read.data_config(data, labels, False, workers)
         with Renderer(quiet or json_out) as render:
             report = inspect_dataset(cfg, on_event=render)
     if json_out:
@@ -62,6 +59,7 @@ def inspect(
     "  mtlue fit ./faces --labels attrs.csv --time-budget 45m --out gen/\n\n"
     "  torchrun --nproc_per_node 4 -m mtlue_cli fit ./faces --labels attrs.csv --recipe paper-utkface --out gen/"
 ))
+@option_groups
 def fit(
     data: DataArg,
     labels: LabelsOpt = None,
@@ -94,11 +92,7 @@ def fit(
     checkpoint_every: Annotated[Optional[int], typer.Option(help="Save a resumable checkpoint every N epochs.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
     amp: AmpOpt = "auto",
-    layout: LayoutOpt = "auto",
-    path_column: PathColumnOpt = None,
-    tasks: TasksOpt = None,
-    partition: PartitionOpt = None,
-    split: SplitOpt = "train",
+    read: ReadOptions = ReadOptions(),
     skip_bad: SkipBadOpt = False,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
@@ -126,7 +120,7 @@ def fit(
         )
         if lift:
             cfg = dataclasses.replace(cfg, time_budget=None)
-        data_cfg = data_config(data, labels, layout, path_column, tasks, partition, split, skip_bad, workers)
+        data_cfg = read.data_config(data, labels, skip_bad, workers)
         render_recipe(name, cfg)
         with Renderer(quiet) as render:
             report = fit_folder(data_cfg, cfg, out, on_event=render)
@@ -145,6 +139,7 @@ def fit(
     "  mtlue protect ./UTKFace --generator org/mtlue-utkface@v1 --out ./utk-protected --holdout 0.2 --preview 8\n\n"
     "  torchrun --nproc_per_node 4 -m mtlue_cli protect ./photos -l attrs.csv -g gen/ --out ./photos-protected"
 ))
+@option_groups
 def protect(
     data: DataArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (must not be inside DATA).")],
@@ -163,11 +158,7 @@ def protect(
     batch_size: Annotated[int, typer.Option(help="Images per generator batch.")] = 32,
     preview: Annotated[int, typer.Option(help="Write OUT.preview.png with N rows: original, protected, amplified δ (the centre of each file at its own resolution).")] = 0,
     amp: AmpOpt = "auto",
-    layout: LayoutOpt = "auto",
-    path_column: PathColumnOpt = None,
-    tasks: TasksOpt = None,
-    partition: PartitionOpt = None,
-    split: SplitOpt = "train",
+    read: ReadOptions = ReadOptions(),
     skip_bad: SkipBadOpt = False,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
@@ -183,7 +174,7 @@ def protect(
         cfg = ProtectConfig(format=format, quality=quality, metadata=metadata, tag_no_ai=tag_no_ai, resume=resume,
                             overwrite=overwrite, strict=strict, batch_size=batch_size, workers=workers, preview=preview,
                             holdout=holdout, seed=seed, device=device, amp=amp)
-        data_cfg = data_config(data, labels, layout, path_column, tasks, partition, split, skip_bad, workers)
+        data_cfg = read.data_config(data, labels, skip_bad, workers)
         fit_cfg = None
         if generator is None:
             from mtlue_cli.fitting import fit_config
@@ -208,6 +199,7 @@ def protect(
     "  mtlue verify prot/ --defense all --detect --plot curves.png --time-budget 1h\n\n"
     "  mtlue verify --clean ./photos --protected prot/ -l attrs.csv --test ./held-out --defense none,jpeg10"
 ))
+@option_groups
 def verify(
     out: Annotated[Optional[Path], typer.Argument(help="A folder written by `mtlue protect`: its run.json gives the originals, labels, layout and clean holdout.", show_default=False)] = None,
     clean: Annotated[Optional[Path], typer.Option("--clean", help="Folder with the original images (default: from OUT/run.json).")] = None,
@@ -234,9 +226,7 @@ def verify(
     time_budget: Annotated[str, typer.Option(help="Budget for all victims (e.g. 20m, 1h, 900 s; 'none' = no limit): picks the victim epochs (at most --epochs).")] = "20m",
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse the clean-victim result of identical data and recipe (~/.cache/mtlue or MTLUE_CACHE_DIR).")] = True,
     amp: AmpOpt = "auto",
-    layout: LayoutOpt = "auto",
-    path_column: PathColumnOpt = None,
-    tasks: TasksOpt = None,
+    read: LabelOptions = LabelOptions(),
     skip_bad: SkipBadOpt = False,
     device: DeviceOpt = "auto",
     seed: Annotated[Optional[int], typer.Option(help="Random seed (default: protect's, from run.json, else 0).")] = None,
@@ -263,8 +253,8 @@ def verify(
         if recipe != "paper" or time_budget != "20m":  # the paper recipe trains in full unless a budget is given
             cfg = dataclasses.replace(cfg, time_budget=budget)
         # Left None, the originals, labels, layout, holdout and seed are what protect recorded in OUT/run.json.
-        request = VerifyRequest(folder, clean=clean, labels=labels, layout=layout, path_column=path_column,
-                                tasks=names(tasks), test=test, test_labels=test_labels, test_split=test_split,
+        request = VerifyRequest(folder, clean=clean, labels=labels, layout=read.layout, path_column=read.path_column,
+                                tasks=names(read.tasks), test=test, test_labels=test_labels, test_split=test_split,
                                 seed=seed, skip_bad=skip_bad, workers=workers, save=out is not None)
         with Renderer(quiet) as render:
             report = verify_folder(request, cfg, on_event=render)
@@ -292,26 +282,18 @@ def export(
 ) -> None:
     """Save a generator as a self-contained folder with a model card, or publish it on the Hugging Face Hub."""
     with errors(debug):
-        from mtlue_cli.hub import registry
-
         if list_aliases:
+            from mtlue_cli.hub import registry
+
             render_aliases(registry())
             return
-        if generator is None or (to is None and push is None):
-            raise ConfigError("give a GENERATOR and --to DIR and/or --push REPO_ID (or --list)")
-        from mtlue_cli.export import export_generator, push_generator
-        from mtlue_cli.hub import load_generator
+        from mtlue_cli.export import ExportConfig, export_and_push
 
-        folder = to
-        if folder is None:
-            import tempfile
-
-            folder = Path(tempfile.mkdtemp(prefix="mtlue-export-"))
-        export_generator(load_generator(generator, revision=None if push else revision), folder, verify_report, overwrite)
-        console.print(f"[green]generator exported to {folder}[/] (model.safetensors, config.json, README.md)")
-        if push:
-            url = push_generator(folder, push, private=private, revision=revision)
-            console.print(f"[green]pushed to {push}[/]: {url}")
+        cfg = ExportConfig(generator=generator or "", to=to, verify_report=verify_report, push=push, private=private,
+                           revision=revision, overwrite=overwrite)
+        # No progress bars to show (not entered): only the line that names the folder before an upload.
+        report = export_and_push(cfg, on_event=Renderer(quiet=False))
+    render_export(report)
 
 
 @app.command(epilog=(

@@ -1,18 +1,25 @@
-"""The Typer app, the options several commands share, and the option -> config helpers.
+"""The Typer app, the options several commands share (aliases and option groups), and the option -> config
+helpers (a flag's text parsed into a config value).
 
 Nothing here imports torch, so `mtlue --help` answers instantly (style rule 2).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
+import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 
 from mtlue_cli import __version__
 from mtlue_cli.cli.render import out_console
-from mtlue_cli.config import DEVICES_HELP, LAYOUTS, SPLITS, DataConfig
+from mtlue_cli.config import DEVICES_HELP, EPSILON_PRESETS, LAYOUTS, MAX_EPSILON, SPLITS, DataConfig
+from mtlue_cli.errors import ConfigError
 
 app = typer.Typer(
     name="mtlue",
@@ -49,11 +56,89 @@ def names(text: str | None) -> tuple[str, ...] | None:
     return tuple(t.strip() for t in text.split(",") if t.strip()) if text else None
 
 
-def data_config(data: Path, labels: Path | None, layout: str, path_column: str | None, tasks: str | None,
-                partition: Path | None, split: str, skip_bad: bool, workers: int = 2) -> DataConfig:
-    """The DATA options as a DataConfig (which checks them). The working size is the library's to set."""
-    return DataConfig(root=data, labels=labels, layout=layout, path_column=path_column, tasks=names(tasks),
-                      partition=partition, split=split, skip_bad=skip_bad, workers=workers)
+def parse_epsilon(text: str) -> float:
+    """'8/255', '0.0314', '8' (read as /255) or a preset name -> a fraction in (0, 1)."""
+    text = text.strip().lower()
+    if text in EPSILON_PRESETS:
+        return EPSILON_PRESETS[text]
+    try:
+        if "/" in text:
+            num, den = text.split("/", 1)
+            value = float(num) / float(den)
+        else:
+            value = float(text)
+            if value >= 1:  # integers like 8 mean 8/255, as the research CLIs write it
+                value /= 255
+    except ValueError:
+        raise ConfigError(
+            f"epsilon {text!r} is not a number: write e.g. 8/255, 0.0314, 8 or one of "
+            f"{', '.join(EPSILON_PRESETS)}"
+        ) from None
+    if not 0 < value <= MAX_EPSILON:
+        raise ConfigError(f"epsilon {text!r} = {value:.4f} is outside (0, 64/255]")
+    return value
+
+
+def parse_duration(text: str) -> float:
+    """'15m', '1h', '90s', '900' (seconds) -> seconds."""
+    text = text.strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        value = float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
+    except ValueError:
+        raise ConfigError(f"duration {text!r} is not one: write e.g. 15m, 1h, 90s or 900 (seconds)") from None
+    if value <= 0:
+        raise ConfigError(f"duration {text!r} must be positive")
+    return value
+
+
+@dataclass(frozen=True)
+class LabelOptions:
+    """How a labels file is read: the options every command that reads labels shares (DataConfig's fields)."""
+
+    layout: LayoutOpt = "auto"
+    path_column: PathColumnOpt = None
+    tasks: TasksOpt = None
+
+
+@dataclass(frozen=True)
+class ReadOptions(LabelOptions):
+    """The label options and the CelebA partition: how inspect, fit and protect read DATA."""
+
+    partition: PartitionOpt = None
+    split: SplitOpt = "train"
+
+    def data_config(self, data: Path, labels: Path | None, skip_bad: bool, workers: int) -> DataConfig:
+        """The DATA options as a DataConfig (which checks them). The working size is the library's to set."""
+        return DataConfig(root=data, labels=labels, layout=self.layout, path_column=self.path_column,
+                          tasks=names(self.tasks), partition=self.partition, split=self.split, skip_bad=skip_bad,
+                          workers=workers)
+
+
+def option_groups(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Typer has no option groups (fastapi/typer#153): here a parameter typed with an options dataclass
+    (`read: ReadOptions = ReadOptions()`) stands for the dataclass's fields, each an option in its place, so the
+    options several commands share are declared once. Typer reads the signature made here (`__signature__`); the
+    command receives the dataclass built from the options' values."""
+    signature = inspect.signature(command, eval_str=True)
+    groups = {p.name: p.annotation for p in signature.parameters.values() if dataclasses.is_dataclass(p.annotation)}
+    parameters = []
+    for param in signature.parameters.values():
+        if param.name not in groups:
+            parameters.append(param)
+            continue
+        hints = typing.get_type_hints(param.annotation, include_extras=True)
+        parameters += [param.replace(name=f.name, default=f.default, annotation=hints[f.name])
+                       for f in dataclasses.fields(param.annotation)]
+
+    @functools.wraps(command)
+    def run(**options: Any) -> Any:
+        for name, group in groups.items():
+            options[name] = group(**{f.name: options.pop(f.name) for f in dataclasses.fields(group)})
+        return command(**options)
+
+    run.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    return run
 
 
 def _version_callback(value: bool) -> None:

@@ -349,6 +349,12 @@ def render_aliases(registry: dict[str, dict[str, Any]]) -> None:
     console.print(table)
 
 
+def render_export(report: Any) -> None:
+    console.print(f"[green]generator exported to {report.folder}[/] (model.safetensors, config.json, README.md)")
+    if report.url is not None:
+        console.print(f"[green]pushed to {report.repo_id}[/]: {report.url}")
+
+
 def render_publish(report: Any, out: Any, to: str | None) -> None:
     for failed in report.failed[:50]:
         console.print(f"[yellow]  left out (failed in protect): {escape(failed.path)}: {escape(failed.reason)}[/]",

@@ -1,0 +1,115 @@
+"""What `mtlue publish` refuses, checked before anything is written: anything that could put an unprotected
+original online by accident (an image protect did not write, a measured L-inf of 0, a file changed after
+protect, a held-out original in the folder), failed files unless allowed, and runs that did not finish."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mtlue_cli import outputs
+from mtlue_cli.errors import ConfigError, FileProblem, PublishRefused, examples
+from mtlue_cli.events import OnEvent, noop
+from mtlue_cli.files import file_sha256
+from mtlue_cli.outputs import LABELS, MANIFEST, RUN
+
+RESERVED_COLUMNS = ("file_name", "image")  # imagefolder's own columns
+
+
+@dataclass
+class CheckedFolder:
+    run: outputs.RunRecord
+    tasks: list[str]
+    rows: list[list[str]]  # labels.csv rows: output path, then one class per task
+    entries: dict[str, dict[str, Any]]  # output path -> its manifest entry
+    failed: list[FileProblem]
+
+
+def refuse(what: str, problems: list[FileProblem], todo: str) -> PublishRefused:
+    return PublishRefused(f"{len(problems)} file(s) {what} (e.g. {examples([p.path for p in problems])}); {todo}",
+                          problems)
+
+
+def check_folder(out: Path, allow_failed: bool = False, on_event: OnEvent | None = None) -> CheckedFolder:
+    """Everything `publish` refuses, before anything is written. Raises PublishRefused."""
+    from mtlue_cli.images import safe_path, scan_images
+
+    on_event = on_event or noop
+    out = Path(out)
+    if not out.is_dir():
+        raise ConfigError(f"{out}: no such folder; give the folder `mtlue protect` wrote")
+    if not (out / MANIFEST).is_file() or not (out / LABELS).is_file():
+        raise PublishRefused(f"{out} has no {MANIFEST} or {LABELS}: it is not a folder written by `mtlue protect`")
+    run = outputs.read_run(out)
+    if not run.exists:  # protect writes run.json last: without it the run did not finish
+        raise PublishRefused(f"{out} has no readable {RUN}: the protect run did not finish. Rerun the same "
+                             "`mtlue protect ... --resume` to the end, then publish")
+    lines = outputs.read_entries(out / MANIFEST)  # a line cut by a crash is skipped; its file was redone or caught below
+    written = outputs.written(lines)
+    tasks, rows = outputs.read_labels_csv(out)
+    if not tasks:
+        raise PublishRefused(f"{out / LABELS} has no tasks; protect again")
+    clash = [t for t in tasks if t in RESERVED_COLUMNS]
+    if clash:
+        raise PublishRefused(f"task column(s) {clash} clash with the dataset's own columns {list(RESERVED_COLUMNS)}; "
+                             "rename them in your labels and protect again")
+    listed = {r[0] for r in rows}
+
+    # Every image in the folder must be one protect wrote and listed; nothing else is sent, but an extra
+    # image is a sign of a mixed-up folder (or an original copied in).
+    extra = [p for p in scan_images(out) if p not in listed]
+    late = [p for p in extra if p in written]
+    if late:
+        raise refuse("were written by a protect run that did not finish (in the manifest, not in labels.csv)",
+                     [FileProblem(p, "written by an unfinished run") for p in late],
+                     "rerun the same `mtlue protect ... --resume` to the end, then publish")
+    if extra:
+        raise refuse("in the folder are not in its manifest as protected", [FileProblem(p, "not written by protect")
+                     for p in extra], "move them out (an original must never be published by accident)")
+    summary = run.summary
+    expected = summary.get("written", 0) + summary.get("resumed", 0) if summary else None
+    if expected is not None and expected != len(rows):
+        raise PublishRefused(f"{LABELS} lists {len(rows)} files but {RUN} recorded {expected}: the folder changed after "
+                             "the run or a later run did not finish; rerun `mtlue protect ... --resume` to the end")
+
+    missing, unlisted, zero, changed = [], [], [], []
+    on_event("start", {"stage": "check", "total": len(rows), "description": "Checking"})
+    for i, row in enumerate(rows, 1):
+        path = row[0]
+        entry = written.get(path)
+        try:
+            full = safe_path(out, path)
+        except FileProblem as problem:
+            raise PublishRefused(f"{LABELS}: {problem}") from None
+        if not full.is_file():
+            missing.append(FileProblem(path, "listed in labels.csv but missing"))
+        elif entry is None:
+            unlisted.append(FileProblem(path, "not in the manifest as ok or resumed"))
+        elif not entry.get("linf_255"):  # 0 or missing: identical to the original, or never measured
+            zero.append(FileProblem(path, f"measured L-inf {entry.get('linf_255')}: not protected"))
+        elif entry.get("sha256_out") != file_sha256(full):
+            changed.append(FileProblem(path, "changed after protect wrote it (sha256 differs from the manifest)"))
+        on_event("progress", {"stage": "check", "done": i})
+    on_event("end", {"stage": "check"})
+    if missing:
+        raise refuse("listed in labels.csv are missing", missing, "rerun `mtlue protect ... --resume`")
+    if unlisted:
+        raise refuse("are not in the manifest as protected", unlisted, "rerun `mtlue protect ... --resume` to the end")
+    if zero:
+        raise refuse("have a measured L-inf of 0 or none: they may be unprotected originals", zero,
+                     "protect them again (`mtlue protect ... --overwrite`) before publishing")
+    if changed:
+        raise refuse("were changed after `mtlue protect` wrote them", changed,
+                     "protect again (`--overwrite`) so that the manifest measures what is published")
+    sources = {written[r[0]]["source"] for r in rows}
+    leaked = [FileProblem(p, "held out, but its protected copy is in the folder") for p in run.held_out if p in sources]
+    if leaked:
+        raise refuse("are both in the clean held-out split and protected", leaked,
+                     "protect again with `--overwrite` so that the split and the folder agree")
+    failed_sources = {e["source"]: e for e in lines if e.get("status") == "failed" and e["source"] not in sources}
+    failed = [FileProblem(s, e.get("reason") or "failed") for s, e in sorted(failed_sources.items())]
+    if failed and not allow_failed:
+        raise refuse("failed in `mtlue protect`", failed, "fix them and rerun `mtlue protect ... --resume`, or pass "
+                     "--allow-failed to publish the others (the failed ones are then listed in the card)")
+    return CheckedFolder(run, tasks, rows, {r[0]: written[r[0]] for r in rows}, failed)
