@@ -26,15 +26,23 @@ def missing() -> str | None:
 
 
 def plot_curves(report: Any, path: Path | str) -> Path:
-    """Write `report.curves` (VerifyReport) as a PNG: a solid line per protected-trained victim, a dotted one
-    per clean-trained victim, one colour per defence, the majority baseline dashed. Returns the path."""
+    """Write `report.curves` (VerifyReport) as a PNG (`figure`). Returns the path."""
+    fig = figure(report)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png", bbox_inches="tight"))
+    return path
+
+
+def figure(report: Any) -> Any:
+    """A matplotlib Figure, one panel per task: a solid line per protected-trained victim, a dotted one per
+    clean-trained victim, one colour per defence, the majority baseline dashed."""
     try:
         from matplotlib.figure import Figure
         from matplotlib.lines import Line2D
         from matplotlib.ticker import MaxNLocator
     except ImportError:
         raise ConfigError(INSTALL_HINT) from None
-    path = Path(path)
     tasks = report.tasks
     cols = min(3, len(tasks))
     rows = math.ceil(len(tasks) / cols)
@@ -65,6 +73,4 @@ def plot_curves(report: Any, path: Path | str) -> Path:
                 Line2D([], [], color="black", linestyle="--", linewidth=1, label="majority class")]
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 3 * cols + 1), fontsize="small")
     fig.suptitle("victims tested on clean images (lower is better for you)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png", bbox_inches="tight"))
-    return path
+    return fig

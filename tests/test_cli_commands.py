@@ -4,6 +4,7 @@ call would reach raise, so a command that did the work itself (or made a second 
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -38,6 +39,8 @@ def _forbid(monkeypatch: pytest.MonkeyPatch, *targets: str) -> None:
         raise AssertionError("the CLI must make one library call, not do its work")
 
     for target in targets:
+        # import the module first: until then `mtlue_cli.verify` is the package's lazy export (the function)
+        importlib.import_module(target.rsplit(".", 1)[0])
         monkeypatch.setattr(target, forbidden)
 
 
@@ -162,7 +165,9 @@ def test_demo_is_one_call_and_exits_by_the_verdict(monkeypatch, tmp_path) -> Non
     _forbid(monkeypatch, "mtlue_cli.protect.protect_dataset", "mtlue_cli.verify.verify")
     result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--images", "40", "--device", "cpu", "-q"], env=ENV)
     assert result.exit_code == 4, result.output
-    assert call.calls == [((tmp_path,), dict(generator="demo-shapes", images=40, epochs=12, device="cpu", seed=0))]
+    assert call.calls == [((tmp_path,), dict(generator="demo-shapes", images=40, epochs=12, device="cpu", seed=0, plot=True))]
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--no-plot", "-q"], env=ENV)
+    assert call.calls[-1][1]["plot"] is False
 
 
 def test_export_is_one_call_with_its_config(monkeypatch, tmp_path) -> None:

@@ -34,3 +34,24 @@ def test_prepare_applies_each_kind_where_the_attacker_would():
     assert op.images.dtype == torch.uint8 and op.images.shape == images.shape and op.test_images.shape == test.shape
     uer = prepare("ueraser-lite", images, labels, [3, 2], test)  # training loop only: pixels and test set untouched
     assert uer.images is images and uer.test_images is None and callable(uer.batch_transform)
+
+
+def test_each_filter_changes_pixels_as_documented():
+    from mtlue_cli.defenses import parse_defense
+
+    flat = torch.full((1, 3, 16, 16), 100, dtype=torch.uint8)
+    salt = flat.clone()
+    salt[0, :, 8, 8] = 255  # one bright pixel
+    checker = ((torch.arange(16)[:, None] + torch.arange(16)[None, :]) % 2 * 200).to(torch.uint8).expand(1, 3, 16, 16)
+    for name in ("blur1", "median3", "resize2"):
+        f = parse_defense(name)
+        assert torch.equal(f(flat), flat), name  # a flat image stays flat: they only remove detail
+    for name in ("blur1", "resize2"):  # low-pass: the finest pattern is mostly gone
+        assert parse_defense(name)(checker).float().std() < checker.float().std() / 2, name
+    # a median keeps a checkerboard (5 of 9 neighbours agree) and removes a lone outlier entirely
+    inner = (..., slice(1, -1), slice(1, -1))  # the replicated edge is not a checkerboard any more
+    assert torch.equal(parse_defense("median3")(checker)[inner], checker[inner])
+    assert torch.equal(parse_defense("median3")(salt), flat)
+    blurred = parse_defense("blur1")(salt)
+    assert 100 < int(blurred[0, 0, 8, 8]) < 255 and int(blurred[0, 0, 8, 9]) > 100  # spread to its neighbours
+    assert parse_defense("bdr2")(torch.tensor([[[[63, 64, 200]]]], dtype=torch.uint8)).tolist() == [[[[0, 64, 191]]]]

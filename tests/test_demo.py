@@ -18,4 +18,5 @@ def test_demo_victims_train_a_fixed_number_of_epochs(tmp_path, monkeypatch):
     cfg = seen["cfg"]
     assert cfg.time_budget is None and cfg.epochs == 7  # no budget: a busy machine must not shorten the victims
     assert cfg.defenses == ("none", "grayscale", "jpeg10", "bdr2")
+    assert cfg.plot == tmp_path / "demo" / "curves.png"  # the learning curves are on by default (issue 16)
     assert report.verify == "report" and report.protect.written + report.protect.held_out == 20 and report.protect.held_out > 0

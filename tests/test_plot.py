@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from mtlue_cli.errors import ConfigError
-from mtlue_cli.plot import INSTALL_HINT, missing, plot_curves
+from mtlue_cli.plot import INSTALL_HINT, figure, missing, plot_curves
 from mtlue_cli.verify import TaskRow, VerifyReport
 
 
@@ -21,6 +21,21 @@ def test_plot_writes_a_png(tmp_path):
     assert missing() is None
     out = plot_curves(report(), tmp_path / "sub" / "curves.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_one_line_per_victim_and_the_majority_line_in_each_panel():
+    pytest.importorskip("matplotlib")
+    r = report()
+    panels = [ax for ax in figure(r).axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == ["shape", "size"]
+    for k, (ax, row) in enumerate(zip(panels, r.tasks)):
+        victims = [line for line in ax.get_lines() if line.get_linestyle() != "--"]
+        majority = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+        assert len(victims) == 4  # clean and protected, none and op
+        assert len(majority) == 1 and majority[0].get_ydata()[0] == row.majority
+        drawn = sorted(tuple(line.get_ydata()) for line in victims)
+        expected = sorted(tuple(epoch[k] for epoch in curve) for by in r.curves.values() for curve in by.values())
+        assert drawn == expected  # each victim's own accuracies, per epoch
 
 
 def test_without_matplotlib_the_message_says_what_to_install(monkeypatch, tmp_path):

@@ -337,6 +337,7 @@ def demo(
     generator: Annotated[str, typer.Option("--generator", "-g", help="Generator to use.")] = "demo-shapes",
     images: Annotated[int, typer.Option(help="Synthetic images to make.")] = 800,
     epochs: Annotated[int, typer.Option(help="Victim epochs.")] = 12,
+    plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write OUT/curves.png: the victims' test accuracy per epoch, majority line drawn (needs matplotlib).")] = True,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     debug: DebugOpt = False,
@@ -344,12 +345,15 @@ def demo(
 ) -> None:
     """Protect and verify a built-in synthetic multi-task image set: no data of your own needed (about 2 minutes on a CPU).
 
+    Writes OUT/protected.preview.png (originals, protected copies, amplified δ) and OUT/curves.png (learning curves).
+
     Exit code 0 when the protection holds for every task with and without each squeeze, 4 when it does not."""
     with errors(debug):
         from mtlue_cli.demo import run_demo
 
         with Renderer(quiet) as render:
-            report = run_demo(out, generator=generator, images=images, epochs=epochs, device=device, seed=seed, on_event=render)
+            report = run_demo(out, generator=generator, images=images, epochs=epochs, device=device, seed=seed,
+                              plot=plot, on_event=render)
     render_protect(report.protect)
     render_verify(report.verify)
     console.print(f"originals: {report.data}   protected: {report.protected}")
