@@ -39,7 +39,8 @@ def make_shapes(out: Path, n: int = 800, size: int = 32, seed: int = 0, contrast
     majority class, while a figure 35-50 levels off its background is a cue the 8/255 generators we fitted
     did not displace. `ramp` (levels, end to end, random direction) and `noise` (sigma, levels) light the
     scene like a photo: on a flat background a 2-bit depth reduction erases an 8/255 perturbation
-    everywhere and leaves the figure, so no perturbation could survive that squeeze (benchmarks/RESULTS.md)."""
+    in most images and leaves the figure, so the fitted perturbations did not survive that squeeze
+    (benchmarks/RESULTS.md)."""
     rng = random.Random(seed)
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
