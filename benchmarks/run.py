@@ -4,6 +4,7 @@
     python benchmarks/run.py --suite full             # + EM/SEP, per-sample baselines, 64/128 px, 1k/3k images
     python benchmarks/run.py --only speed             # one part
     python benchmarks/run.py --only protect           # protect img/s against decode + PNG encode alone (minutes)
+    python benchmarks/run.py --only protect --before REV   # + protect as at git revision REV, in turn with now
 
 Each part rewrites its own section of benchmarks/RESULTS.md (between markers, one per device kind),
 with the command, machine, date and versions. Speeds are ratios against a baseline measured in the
@@ -13,6 +14,7 @@ same run, because a shared machine is noisy.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -20,8 +22,9 @@ import platform
 import shutil
 import sys
 import time
+import zlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -37,6 +40,7 @@ from mtlue_cli.config import DataConfig, FitConfig, ProtectConfig, VerifyConfig,
 from mtlue_cli.data import load_dataset, split_indices  # noqa: E402
 from mtlue_cli.engine import (ClassifierTrainer, augment, resolve_device, seed_everything,  # noqa: E402
                               to_float, train_classifier)
+from mtlue_cli.files import file_sha256  # noqa: E402
 from mtlue_cli.fit import fit_generator  # noqa: E402
 from mtlue_cli.generator import PerturbationGenerator  # noqa: E402
 from mtlue_cli.hub import LoadedGenerator, load_generator  # noqa: E402
@@ -50,6 +54,7 @@ from strength import write_section as replace_section  # noqa: E402  (benchmarks
 RESULTS = HERE / "RESULTS.md"
 WORK = HERE / "_work"
 UTK = HERE.parent.parent / "shared" / "data" / "utkface"
+PROTECT_GENERATOR = "faces-utkface"  # the bundled face generator: what `protect` runs on faces
 
 
 def machine() -> str:
@@ -192,37 +197,58 @@ def victim_speed(n: int, size: int, batch: int = 64) -> tuple[str, float, float]
     return (f"verify victim ({n} img, {size} px)", n / timed(ours), n / timed(plain))
 
 
-def decode_encode_rate(paths: list[Path], workers: int, scratch: Path) -> float:
-    """The ceiling protect is judged against: decode each file and write it as PNG, nothing else, with the
-    same number of threads (img/s)."""
+ZLIB_DEFAULT: dict[str, Any] = {}  # Pillow's PNG default (zlib level 6, default strategy): protect's before issue 17
+
+
+@contextlib.contextmanager
+def protected_png(options: dict[str, Any]) -> Iterator[None]:
+    """protect's PNG encoder options swapped for `options` (the benchmark compares encoder settings)."""
+    from mtlue_cli.images import PROTECTED_PNG
+
+    kept = dict(PROTECTED_PNG)
+    PROTECTED_PNG.clear()
+    PROTECTED_PNG.update(options)
+    try:
+        yield
+    finally:
+        PROTECTED_PNG.clear()
+        PROTECTED_PNG.update(kept)
+
+
+def png_name(options: dict[str, Any]) -> str:
+    return "zlib RLE" if options.get("compress_type") == zlib.Z_RLE else "zlib default, level 6"
+
+
+def decode_encode_rate(paths: list[Path], workers: int, scratch: Path, options: dict[str, Any]) -> tuple[float, float]:
+    """The ceiling protect is judged against: decode each file and write it as PNG with the encoder options
+    protect uses, nothing else, with the same number of threads: (img/s, CPU ms per image of this process)."""
     from concurrent.futures import ThreadPoolExecutor
 
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
 
     def one(path: Path) -> None:
-        open_image(path).image.save(scratch / (path.name + ".png"), "PNG")
+        open_image(path).image.save(scratch / (path.name + ".png"), "PNG", **options)
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(one, paths))
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     shutil.rmtree(scratch, ignore_errors=True)
-    return len(paths) / seconds
+    return len(paths) / seconds, 1000 * cpu / len(paths)
 
 
-def protect_steps(paths: list[Path], g: nn.Module, size: int) -> list[str]:
-    """CPU ms per image of each step protect takes, one thread (thread CPU time, so the machine's other load
-    hardly counts), beside the ceiling's two: where protect's time goes and the most it can reach."""
-    import hashlib
-    import io
-
-    from PIL import Image
-
-    from mtlue_cli.encode import measure
-    from mtlue_cli.images import protect_image
+def protect_steps(paths: list[Path], g: nn.Module) -> list[str]:
+    """CPU ms per image of each step protect takes (encode.write_protected's, in its order), one thread (thread
+    CPU time, so the machine's other load hardly counts), beside the ceiling's two, for protect's PNG encoder
+    options and for zlib's default: where protect's time goes and the most it can reach."""
+    from mtlue_cli.encode import _read_back
+    from mtlue_cli.images import PROTECTED_PNG, protect_image, rows_of
+    from mtlue_cli.metrics import linf, squared_error, ssim_sum
+    from mtlue_cli.protect import generator_threads
 
     steps: dict[str, float] = {}
+    size, epsilon, shipped = g.image_size, float(g.epsilon), dict(PROTECTED_PNG)
 
     def step(name: str, fn: Callable[[], Any]) -> Any:
         start = time.thread_time()
@@ -230,93 +256,201 @@ def protect_steps(paths: list[Path], g: nn.Module, size: int) -> list[str]:
         steps[name] = steps.get(name, 0.0) + time.thread_time() - start
         return value
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        g = g.cpu()
-        with torch.inference_mode():
-            x, y = torch.rand(32, 3, size, size), torch.zeros(32, 3, dtype=torch.long)
-            g(x, y)  # warm-up
-            start = time.thread_time()
-            g(x, y)
-            generator_ms = 1000 * (time.thread_time() - start) / 32
-        for path in paths:
-            d = step("decode JPEG", lambda: open_image(path))
-            step("resize to the working size", lambda: np.asarray(to_working(d.image, size)))
-            delta = torch.rand(3, size, size) * (16 / 255) - 8 / 255
-            protected = step("upsample δ + compose (in bands of rows)", lambda: protect_image(d.image, delta, 8 / 255))
-            buf = io.BytesIO()
-            step("PNG encode (protected pixels)", lambda: protected.save(buf, "PNG"))
-            back = step("re-read the written PNG", lambda: Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
-            step("L-inf + PSNR + SSIM (in bands of rows)", lambda: measure(back, d.image))
-            step("sha256 in + out", lambda: (hashlib.sha256(path.read_bytes()).hexdigest(), hashlib.sha256(buf.getvalue()).hexdigest()))
-            step("ceiling: PNG encode (original pixels)", lambda: d.image.save(io.BytesIO(), "PNG"))
-    finally:
-        torch.set_num_threads(threads)
-    ms = {"generator (batch 32, per image)": generator_ms, **{k: 1000 * v / len(paths) for k, v in steps.items()}}
-    ceiling = ms["decode JPEG"] + ms["ceiling: PNG encode (original pixels)"]
-    ours = sum(v for k, v in ms.items() if not k.startswith("ceiling"))
-    lines = [f"| {k} | {v:.2f} |" for k, v in ms.items()]
-    return ["| step (one thread, CPU time) | ms/img |", "|---|---|", *lines,
-            f"| **protect, all steps** | **{ours:.1f}** |", f"| **ceiling: decode + PNG encode** | **{ceiling:.1f}** |", "",
-            f"On a saturated CPU protect can reach at most {ceiling / ours:.0%} of the ceiling with this generator; "
-            f"without the generator's own {ms['generator (batch 32, per image)']:.1f} ms, "
-            f"{ceiling / (ours - ms['generator (batch 32, per image)']):.0%}."]
+    scratch = WORK / "steps"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    g = g.cpu()
+    with generator_threads(torch.device("cpu"), resolve_workers(ProtectConfig(workers=0))), torch.inference_mode():
+        x, y = torch.rand(32, 3, size, size), torch.zeros(32, len(g.tasks), dtype=torch.long)
+        g(x, y)  # warm-up
+        start = time.thread_time()
+        deltas = g(x, y)
+        generator_ms = 1000 * (time.thread_time() - start) / 32
+    for i, path in enumerate(paths):
+        target = scratch / "p.png"
+        d = step("decode JPEG", lambda: open_image(path))
+        step("resize to the working size", lambda: np.asarray(to_working(d.image, size)))
+        delta = deltas[i % 32]  # the generator's own δ: how well a file compresses depends on it
+        step("sha256 of the source", lambda: file_sha256(path))
+        protected = step("upsample δ + compose (in bands of rows)", lambda: protect_image(d.image, delta, epsilon))
+        for options in (ZLIB_DEFAULT, shipped):  # protect's last: the file re-read below
+            step(f"PNG encode + write ({png_name(options)})", lambda: protected.save(target, "PNG", **options))
+        back = step("re-read the written PNG", lambda: _read_back(target, d.image.mode)[0])
+        a, b = rows_of(back, 0, back.height), rows_of(d.image, 0, d.image.height)
+        step("L-inf + PSNR", lambda: (linf(a, b), squared_error(a, b)))
+        step("SSIM (separable Gaussian)", lambda: ssim_sum(a, b, 11))
+        step("sha256 of the written file", lambda: file_sha256(target))
+        for options in (shipped, ZLIB_DEFAULT):
+            step(f"ceiling: PNG encode + write of the original pixels ({png_name(options)})",
+                 lambda: d.image.save(scratch / "c.png", "PNG", **options))
+    shutil.rmtree(scratch, ignore_errors=True)
+    ms = {"generator (batch 32, per image, protect's threads)": generator_ms,
+          **{k: 1000 * v / len(paths) for k, v in steps.items()}}
+    lines = ["| step (one thread, CPU time) | ms/img |", "|---|---|", *(f"| {k} | {v:.2f} |" for k, v in ms.items())]
+    for options in (shipped, ZLIB_DEFAULT):
+        name = png_name(options)
+        other = png_name(ZLIB_DEFAULT if options is shipped else shipped)
+        ours = sum(v for k, v in ms.items() if not k.startswith("ceiling") and other not in k)
+        ceiling = ms["decode JPEG"] + ms[f"ceiling: PNG encode + write of the original pixels ({name})"]
+        lines.append(f"| **protect, all steps, {name}** | **{ours:.1f}** |")
+        lines.append(f"| **ceiling: decode + PNG encode, {name}** | **{ceiling:.1f}** |")
+    lines.append("")
+    for options in (shipped, ZLIB_DEFAULT):
+        name = png_name(options)
+        other = png_name(ZLIB_DEFAULT if options is shipped else shipped)
+        ours = sum(v for k, v in ms.items() if not k.startswith("ceiling") and other not in k)
+        ceiling = ms["decode JPEG"] + ms[f"ceiling: PNG encode + write of the original pixels ({name})"]
+        gen = ms["generator (batch 32, per image, protect's threads)"]
+        lines.append(f"- {name}{' (protect now)' if options is shipped else ''}: on a saturated CPU protect can reach at "
+                     f"most {ceiling / ours:.0%} of its ceiling; without the generator's own {gen:.1f} ms, "
+                     f"{ceiling / (ours - gen):.0%}.")
+    return lines
 
 
-def protect_speed(size: int) -> list[str]:
+def random_generator(size: int) -> LoadedGenerator:
+    """A freshly initialised generator for UTKFace's tasks at `size` px (its speed, not its protection)."""
+    table = read_labels(DataConfig(root=UTK / "images", labels=UTK / "labels.csv"))
+    torch.manual_seed(0)
+    g = PerturbationGenerator(table.spec.to_dict(), image_size=size).eval()
+    return LoadedGenerator(g, "local", f"random {size} px", WORK, None, "-", {}, None)
+
+
+def folder_kb(out: Path) -> float:
+    files = list(out.rglob("*.png"))
+    return sum(f.stat().st_size for f in files) / max(len(files), 1) / 1024
+
+
+def protect_speed(loaded: LoadedGenerator, encoders: tuple[dict[str, Any], ...] | None = None) -> list[str]:
     """protect on the whole shared UTKFace folder, read in place (its licence allows no copies in the repo, and
-    read_labels refuses links that leave the image root), against decode + PNG encode of the same files."""
+    read_labels refuses links that leave the image root), against decode + PNG encode of the same files with
+    the same encoder options, once per encoder setting in `encoders` (default: protect's own)."""
+    from mtlue_cli.images import PROTECTED_PNG
+    from mtlue_cli.protect import generator_threads
+
+    g, size = loaded.model.eval(), loaded.model.image_size
     data = DataConfig(root=UTK / "images", labels=UTK / "labels.csv", size=size)
     table = read_labels(data)
     n = len(table.records)
-    torch.manual_seed(0)
-    g = PerturbationGenerator(table.spec.to_dict(), image_size=size).eval()
-    loaded = LoadedGenerator(g, "local", "bench", WORK, None, "-", {}, None)
     out = WORK / f"protect{n}-{size}"
-    shutil.rmtree(out, ignore_errors=True)
     workers = resolve_workers(ProtectConfig(workers=0))  # --workers' default: the cores this process may use
     paths = [table.root / r.path for r in table.records]
-    # The ceiling before and after protect (the mean of both), so a drift of the shared machine shows in neither.
-    before = decode_encode_rate(paths, workers, WORK / "ceiling")
-    report = protect_dataset(loaded, data, out, ProtectConfig(device="auto", workers=0))
-    shutil.rmtree(out, ignore_errors=True)  # protected copies of the shared images: none stay in the repo
-    ceiling = (before + decode_encode_rate(paths, workers, WORK / "ceiling")) / 2
+    rows = []
+    for options in encoders or (dict(PROTECTED_PNG),):
+        shutil.rmtree(out, ignore_errors=True)
+        # The ceiling before and after protect (the mean of both), so a drift of the shared machine shows in neither.
+        before, cpu_before = decode_encode_rate(paths, workers, WORK / "ceiling", options)
+        cpu = time.process_time()
+        with protected_png(options):
+            report = protect_dataset(loaded, data, out, ProtectConfig(device="auto", workers=0))
+        cpu = 1000 * (time.process_time() - cpu) / n
+        kb = folder_kb(out)
+        shutil.rmtree(out, ignore_errors=True)  # protected copies of the shared images: none stay in the repo
+        after, cpu_after = decode_encode_rate(paths, workers, WORK / "ceiling", options)
+        rows.append((options, report, kb, before, (before + after) / 2, cpu, (cpu_before + cpu_after) / 2))
     device = next(g.parameters()).device  # protect moved it to its device (CUDA where there is one)
     x = torch.rand(32, 3, size, size, device=device)
-    y = torch.zeros(32, 3, dtype=torch.long, device=device)
+    y = torch.zeros(32, len(g.tasks), dtype=torch.long, device=device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    with torch.inference_mode():
+    with generator_threads(device, workers) as threads, torch.inference_mode():
         t_gen = timed(lambda: (g(x, y), sync()), repeat=3) / 32
         flops = flops_per_call(lambda: g(x[:1], y[:1]))
     peak = machine_conv_gflops()  # the CPU's: on a GPU the percentage below is not a ceiling
     achieved = flops / t_gen / 1e9
-    return [
-        f"| protect end to end ({n} UTKFace 200x200 JPEG -> PNG, {size} px generator, {workers} threads) "
-        f"| {report.images_per_second:.1f} img/s | **{report.images_per_second / ceiling:.0%} of the ceiling below**; "
-        f"generator share {t_gen * report.images_per_second:.0%} of the time; max L-inf {report.max_linf_255}/255 |",
-        f"| ceiling: decode + PNG encode alone (same {n} files, {workers} threads, mean of before and after) "
-        f"| {ceiling:.1f} img/s | {before:.1f} before, {2 * ceiling - before:.1f} after |",
-        f"| generator forward ({size} px, batch 32, fp32) | {1 / t_gen:.1f} img/s | {flops / 1e9:.2f} GFLOP/img, "
-        f"{achieved:.1f} GFLOP/s = {achieved / peak:.0%} of this machine's measured conv peak ({peak:.1f} GFLOP/s) |",
-    ]
+    lines = []
+    for options, report, kb, before, ceiling, cpu, cpu_ceiling in rows:
+        name = png_name(options)
+        lines += [
+            f"| protect end to end ({n} UTKFace 200x200 JPEG -> PNG, {name}; generator {loaded.spec} ({size} px), "
+            f"{workers} threads) | {report.images_per_second:.1f} img/s; {cpu:.1f} CPU ms/img | "
+            f"**{report.images_per_second / ceiling:.0%} of the ceiling below** (wall clock); "
+            f"{cpu_ceiling / cpu:.0%} by CPU time; generator share {t_gen * report.images_per_second:.0%} of the time; "
+            f"{kb:.1f} KB/file; max L-inf {report.max_linf_255}/255, PSNR {report.mean_psnr:.2f} dB, "
+            f"SSIM {report.mean_ssim:.4f} |",
+            f"| ceiling: decode + PNG encode alone, {name} (same {n} files, {workers} threads, mean of before and "
+            f"after) | {ceiling:.1f} img/s; {cpu_ceiling:.1f} CPU ms/img | {before:.1f} before, {2 * ceiling - before:.1f} after |",
+        ]
+    lines.append(
+        f"| generator forward ({size} px, batch 32, fp32, {threads if device.type == 'cpu' else 'its'} "
+        f"thread{'s' if device.type != 'cpu' or threads > 1 else ''} as in protect) | {1 / t_gen:.1f} img/s | "
+        f"{flops / 1e9:.2f} GFLOP/img, {achieved:.1f} GFLOP/s = {achieved / peak:.0%} of this machine's measured conv "
+        f"peak ({peak:.1f} GFLOP/s, all threads) |")
+    return lines
 
 
-def run_protect_speed(command: str) -> None:
+BEFORE_CHILD = """
+import json, shutil, sys
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+from mtlue_cli.config import DataConfig, ProtectConfig
+from mtlue_cli.hub import load_generator
+from mtlue_cli.protect import protect_dataset
+root, out = Path(sys.argv[2]), Path(sys.argv[3])
+shutil.rmtree(out, ignore_errors=True)
+report = protect_dataset(load_generator(sys.argv[4]), DataConfig(root=root / "images", labels=root / "labels.csv"), out,
+                         ProtectConfig(device="cpu", workers=0))
+files = list(out.glob("*.png"))
+print(json.dumps({"ips": report.images_per_second, "kb": sum(f.stat().st_size for f in files) / len(files) / 1024,
+                  "ssim": report.mean_ssim, "psnr": report.mean_psnr, "linf": report.max_linf_255}))
+shutil.rmtree(out, ignore_errors=True)
+"""
+
+
+def protect_before_after(rev: str, rounds: int = 2) -> list[str]:
+    """protect as it was at git revision `rev` against the working tree, each in its own process, in turn (a shared
+    machine drifts): img/s as the report gives it, and the child's CPU ms per image (start-up included)."""
+    import subprocess
+    import tempfile
+
+    tree = WORK / "before"
+    shutil.rmtree(tree, ignore_errors=True)
+    tree.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(HERE.parent), "archive", rev, "mtlue_cli", "pretrained"],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    n = len(read_labels(DataConfig(root=UTK / "images", labels=UTK / "labels.csv")).records)
+    runs: dict[str, list[dict[str, float]]] = {rev: [], "now": []}
+    for _ in range(rounds):
+        for name, path in ((rev, tree), ("now", HERE.parent)):
+            with tempfile.TemporaryFile("w+") as out:
+                child = subprocess.Popen([sys.executable, "-c", BEFORE_CHILD, str(path), str(UTK),
+                                          str(WORK / "before-out"), PROTECT_GENERATOR], stdout=out,
+                                         stderr=subprocess.DEVNULL, text=True)
+                _, status, usage = os.wait4(child.pid, 0)  # this child's own CPU time
+                if os.waitstatus_to_exitcode(status):
+                    sys.exit(f"protect as at {name} failed")
+                out.seek(0)
+                result = json.loads(out.read().strip().splitlines()[-1])
+            runs[name].append({**result, "cpu": usage.ru_utime + usage.ru_stime})
+    shutil.rmtree(tree, ignore_errors=True)
+    lines = [f"| protect (all {n} files) | img/s, run by run | CPU ms/img | KB/file | mean SSIM | mean PSNR | max L-inf |",
+             "|---|---|---|---|---|---|---|"]
+    for name, rs in runs.items():
+        speeds = ", ".join(f"{r['ips']:.1f}" for r in rs)
+        lines.append(f"| {'as at ' + rev if name == rev else 'now'} | {speeds} | "
+                     f"{1000 * np.mean([r['cpu'] for r in rs]) / n:.1f} | {rs[0]['kb']:.2f} | {rs[0]['ssim']:.6f} | "
+                     f"{rs[0]['psnr']:.3f} dB | {rs[0]['linf']}/255 |")
+    return lines
+
+
+def run_protect_speed(command: str, before: str | None = None) -> None:
     """`--only protect`: the protect lines alone, in a section of their own (minutes, not the speed suite's hour)."""
+    from mtlue_cli.images import PROTECTED_PNG
+
     load = os.getloadavg()[0]  # a shared machine: the other load at the start, for the reader
     lines = ["## Protect throughput against its ceiling", "", f"Load average at the start: {load:.1f}.", "",
              "Protect runs decode, the generator and compose/encode/verify-by-re-reading in overlapped worker "
              "threads; the ceiling is what decoding and PNG-encoding the same files alone reaches with the same "
-             "threads. The generator's share cannot overlap away on a saturated CPU.", "",
+             "threads and the same PNG encoder options. Both encoder settings are measured in this run: protect's "
+             "(zlib's run-length strategy, since issue 17) and zlib's default (before).", "",
              "| what | throughput | notes |", "|---|---|---|"]
-    lines += protect_speed(32)
-    data = DataConfig(root=UTK / "images", labels=UTK / "labels.csv")
-    table = read_labels(data)
-    torch.manual_seed(0)
-    g = PerturbationGenerator(table.spec.to_dict(), image_size=32).eval()
+    loaded = load_generator(PROTECT_GENERATOR)
+    lines += protect_speed(loaded, (dict(PROTECTED_PNG), ZLIB_DEFAULT))
+    table = read_labels(DataConfig(root=UTK / "images", labels=UTK / "labels.csv"))
     chosen = [table.root / table.records[i].path for i in spread(len(table.records), 200)]
-    lines += ["", "Where the time goes (200 of the files):", "", *protect_steps(chosen, g, 32)]
+    lines += ["", "Where the time goes (200 of the files):", "", *protect_steps(chosen, loaded.model)]
+    if before:
+        lines += ["", f"protect as at `{before}` and now, each in a process of its own, in turn (same generator, "
+                  "files, threads, defaults):", "", *protect_before_after(before)]
     write_section("protect-speed", "\n".join(lines), command)
 
 
@@ -332,7 +466,7 @@ def run_speed(suite: str, command: str) -> None:
             lines.append(f"| {name}: ours vs torchvision DataLoader loop | {ours:.1f} | {base:.1f} | **{ours / base:.2f}x** |")
     lines += ["", "| what | throughput | notes |", "|---|---|---|"]
     for size in sizes:
-        lines += protect_speed(size)
+        lines += protect_speed(random_generator(size))
     write_section("speed", "\n".join(lines), command)
 
 
@@ -473,6 +607,8 @@ def main() -> None:
     parser.add_argument("--victim-epochs", type=int, default=None)
     parser.add_argument("--stl", action=argparse.BooleanOptionalAction, default=True, help="single-task victims")
     parser.add_argument("--reuse", action="store_true", help="reuse generators already in benchmarks/_work")
+    parser.add_argument("--before", default=None, metavar="REV",
+                        help="with --only protect: also run protect as at git revision REV, in turn with the working tree")
     args = parser.parse_args()
     if not UTK.is_dir():
         sys.exit(f"UTKFace data not found at {UTK}")
@@ -481,7 +617,7 @@ def main() -> None:
     if args.only in (None, "speed"):
         run_speed(args.suite, command)
     if args.only == "protect":
-        run_protect_speed(command)
+        run_protect_speed(command, args.before)
     if args.only in (None, "strength"):
         run_strength(args.suite, command, args)
     print(f"wrote {RESULTS}")

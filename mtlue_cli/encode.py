@@ -15,9 +15,9 @@ from PIL import Image
 
 from mtlue_cli.config import ProtectConfig
 from mtlue_cli.errors import FileProblem
-from mtlue_cli.files import atomic_write
-from mtlue_cli.hub import file_sha256
-from mtlue_cli.images import Decoded, band_rows, metadata_kwargs, open_image, protect_image, rows_of, save_image
+from mtlue_cli.files import atomic_write, file_sha256
+from mtlue_cli.images import (PROTECTED_PNG, Decoded, band_rows, metadata_kwargs, open_image, protect_image, rows_of,
+                              save_image)
 from mtlue_cli.labels import Record
 from mtlue_cli.metrics import linf, psnr_of, squared_error, ssim_sum, ssim_window
 from mtlue_cli.outputs import FileResult
@@ -66,6 +66,8 @@ def write_protected(record: Record, decoded: Decoded, delta: Any, root: Path, ou
         target = out / dst
         target.parent.mkdir(parents=True, exist_ok=True)
         meta = metadata_kwargs(decoded, cfg.metadata, cfg.tag_no_ai, cfg.format)
+        if cfg.format == "png":
+            meta.update(PROTECTED_PNG)
         save_image(protect_image(decoded.image, delta, epsilon), decoded.alpha, target, cfg.format, cfg.quality, meta)
         back, back_alpha = _read_back(target, decoded.image.mode)
         result.linf_255, result.psnr, result.ssim = measure(back, decoded.image)

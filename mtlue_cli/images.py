@@ -9,6 +9,7 @@ overshoot ±ε), clipped to ±ε again, added to the full-resolution original an
 from __future__ import annotations
 
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -32,6 +33,10 @@ XMP_NO_AI = (
 )
 SAFE_EXIF_TAGS = (0x013B, 0x8298)  # Artist, Copyright: kept by --metadata keep-safe
 BAND_PIXELS = 1 << 18  # pixels per band of rows: ~3 MB per float32 RGB buffer
+# Protected PNGs use zlib's run-length strategy: δ leaves few long repeats for the default LZ77 search to find, which
+# spent 4-6x the time on photos for files 1-2% larger (UTKFace, 200-1000 px; benchmarks/RESULTS.md). The cost: text
+# and line art, whose repeats survive δ, come out up to ~30% larger.
+PROTECTED_PNG = {"compress_type": zlib.Z_RLE}
 
 
 # ----------------------------------------------------------------------------- files under a root

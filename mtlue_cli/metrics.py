@@ -17,9 +17,10 @@ def linf(a: np.ndarray, b: np.ndarray) -> int:
 
 
 def squared_error(a: np.ndarray, b: np.ndarray) -> float:
-    """Sum of squared pixel differences (the numerator of the MSE)."""
-    d = a.astype(np.float64) - b.astype(np.float64)
-    return float(np.vdot(d, d))
+    """Sum of squared pixel differences (the numerator of the MSE) of uint8 pixels, exact. Integer arithmetic, not
+    BLAS: OpenBLAS's threads spin after each call, on the cores protect's workers need (they cost it 40% of its CPU)."""
+    d = a.astype(np.int32) - b.astype(np.int32)
+    return float(np.square(d).sum(dtype=np.int64))
 
 
 def psnr_of(mse: float) -> float:
@@ -39,32 +40,50 @@ def ssim_window(height: int, width: int) -> int:
     return min(SSIM_WINDOW, height, width)
 
 
+def _gaussian(window: int) -> np.ndarray:
+    coords = np.arange(window, dtype=np.float32) - np.float32((window - 1) / 2)
+    g = np.exp(-(coords**2) / np.float32(2 * SSIM_SIGMA**2))
+    return g / g.sum()
+
+
+def _luma(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float32)
+    return x[..., 0] * np.float32(0.299) + x[..., 1] * np.float32(0.587) + x[..., 2] * np.float32(0.114) if x.ndim == 3 else x
+
+
+def _correlate(maps: np.ndarray, g: np.ndarray, axis: int) -> np.ndarray:
+    """`maps` correlated with the 1-D window `g` along `axis`, at the positions where it fits ('valid')."""
+    n = maps.shape[axis] - len(g) + 1
+
+    def shifted(i: int) -> np.ndarray:  # a view, not a copy
+        index = [slice(None)] * maps.ndim
+        index[axis] = slice(i, i + n)
+        return maps[tuple(index)]
+
+    out = shifted(0) * g[0]
+    tmp = np.empty_like(out)
+    for i in range(1, len(g)):
+        out += np.multiply(shifted(i), g[i], out=tmp)
+    return out
+
+
 def ssim_sum(a: np.ndarray, b: np.ndarray, window: int) -> tuple[float, int]:
     """Sum and count of the SSIM map (Wang et al. 2004: Gaussian window, K1 0.01, K2 0.03, on luma) over
-    the positions where a `window`-sized window fits in these rows."""
-    import torch
-    import torch.nn.functional as F
-
-    def luma(x: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(x.astype(np.float32))
-        if t.ndim == 3:
-            t = t[..., 0] * 0.299 + t[..., 1] * 0.587 + t[..., 2] * 0.114
-        return t[None, None]  # (1,1,h,W)
-
-    x, y = luma(a), luma(b)
-    coords = torch.arange(window, dtype=torch.float32) - (window - 1) / 2
-    g = torch.exp(-(coords**2) / (2 * SSIM_SIGMA**2))
-    g = g / g.sum()
-    kernel = (g[:, None] * g[None, :])[None, None]
-
-    def blur(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, kernel)
-
+    the positions where a `window`-sized window fits in these rows. The Gaussian is separable: two 1-D
+    passes over the five local moments at once cost 2x11 taps a pixel instead of 121."""
+    x, y = _luma(a), _luma(b)  # (h,w) float32
+    # Moments about the mean of these rows: the (co)variances are unchanged, and float32 no longer loses them to
+    # cancellation in E[x^2] - E[x]^2 (about zero, a flat 200-vs-90 pair measured 1.4e-4 off).
+    sx, sy = x.mean(dtype=np.float64).astype(np.float32), y.mean(dtype=np.float64).astype(np.float32)
+    x, y = x - sx, y - sy
+    g = _gaussian(window)
+    moments = np.stack([x, y, x * x, y * y, x * y])  # (5,h,w)
+    mx, my, xx, yy, xy = _correlate(_correlate(moments, g, 2), g, 1)  # each (h-window+1, w-window+1)
+    vx, vy, cxy = xx - mx * mx, yy - my * my, xy - mx * my
+    mx, my = mx + sx, my + sy
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    mx, my = blur(x), blur(y)
-    vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
-    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
-    return float(s.double().sum()), s.numel()
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return float(s.sum(dtype=np.float64)), s.size
 
 
 def ssim(a: np.ndarray, b: np.ndarray, band: int = SSIM_BAND) -> float:

@@ -145,3 +145,54 @@ def test_measure_in_bands_matches_the_whole_image_measures() -> None:
         assert got[1] == pytest.approx(whole[1]) and got[2] == pytest.approx(whole[2], abs=1e-6)
     assert ssim(written, original, band=5) == pytest.approx(whole[2], abs=1e-6)
     assert measure(b, b) == (0, float("inf"), pytest.approx(1.0))
+
+
+def test_ssim_of_flat_images_is_the_hand_computed_luminance_term() -> None:
+    from mtlue_cli.metrics import ssim
+
+    # No variance anywhere: SSIM = (2*200*90 + C1) / (200^2 + 90^2 + C1), C1 = (0.01*255)^2 = 6.5025
+    # (float32 moments about 0 instead of about the mean were 1.4e-4 off here).
+    a, b = np.full((12, 14, 3), 200, np.uint8), np.full((12, 14, 3), 90, np.uint8)
+    assert ssim(a, b) == pytest.approx((36000 + 6.5025) / (48100 + 6.5025), abs=1e-6)
+
+
+def test_separable_ssim_equals_the_two_dimensional_gaussian_window() -> None:
+    from mtlue_cli.metrics import SSIM_SIGMA, ssim
+
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 256, (17, 15), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-8, 9, a.shape), 0, 255).astype(np.uint8)
+    g = np.exp(-((np.arange(11) - 5.0) ** 2) / (2 * SSIM_SIGMA**2))
+    w = np.outer(g, g) / g.sum() ** 2  # the 11x11 window, in float64, each position summed directly
+    x, y = a.astype(np.float64), b.astype(np.float64)
+    c1, c2, total = (0.01 * 255) ** 2, (0.03 * 255) ** 2, []
+    for i in range(17 - 10):
+        for j in range(15 - 10):
+            px, py = x[i : i + 11, j : j + 11], y[i : i + 11, j : j + 11]
+            mx, my = (w * px).sum(), (w * py).sum()
+            vx, vy, cxy = (w * px * px).sum() - mx**2, (w * py * py).sum() - my**2, (w * px * py).sum() - mx * my
+            total.append((2 * mx * my + c1) * (2 * cxy + c2) / ((mx**2 + my**2 + c1) * (vx + vy + c2)))
+    assert ssim(a, b) == pytest.approx(np.mean(total), abs=1e-6)
+
+
+def test_protected_png_is_lossless_and_measured_as_written(tmp_path) -> None:
+    import hashlib
+
+    from mtlue_cli.config import ProtectConfig
+    from mtlue_cli.encode import write_protected
+    from mtlue_cli.labels import Record
+
+    rng = np.random.default_rng(4)
+    for mode, shape in (("RGB", (21, 30, 3)), ("L", (21, 30))):
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(tmp_path / f"{mode}.png")
+        decoded = open_image(tmp_path / f"{mode}.png")
+        delta = _delta()
+        result = write_protected(Record(f"{mode}.png", (0,)), decoded, delta, tmp_path, tmp_path / "out", f"{mode}.png",
+                                 8 / 255, ProtectConfig(format="png"))
+        written = tmp_path / "out" / f"{mode}.png"
+        with Image.open(written) as im:
+            back = np.asarray(im)
+        assert np.array_equal(back, np.asarray(protect_image(decoded.image, delta, 8 / 255)))  # lossless
+        moved = int(np.abs(back.astype(int) - np.asarray(decoded.image).astype(int)).max())
+        assert result.status == "ok" and result.linf_255 == moved and 0 < moved <= 8
+        assert result.sha256_out == hashlib.sha256(written.read_bytes()).hexdigest()

@@ -480,3 +480,21 @@ def test_preview_tiles_are_native_crops_a_person_can_judge(tmp_path: Path, loade
     with Image.open(out / "small.png") as written:
         small = np.asarray(written.convert("RGB"))[2:18]
     assert np.array_equal(grid[4:4 + 128:8, 4 + 128 + 4:4 + 2 * 128 + 4:8], small)
+
+
+def test_generator_gets_the_cores_the_workers_leave(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mtlue_cli.protect as protect
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(protect, "available_cores", lambda: 8)
+    before = torch.get_num_threads()
+    torch.set_num_threads(8)
+    try:
+        for workers, threads in ((8, 1), (3, 5), (12, 1)):
+            with protect.generator_threads(torch.device("cpu"), workers) as got:
+                assert got == threads == torch.get_num_threads()
+            assert torch.get_num_threads() == 8
+        with protect.generator_threads(torch.device("cuda"), 8) as got:  # the generator is not on the CPU
+            assert got == 8 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
