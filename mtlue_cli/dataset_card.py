@@ -46,11 +46,12 @@ def _verify_section(verify: dict[str, Any] | None) -> list[str]:
                      + "".join(f"{by[d]:.1%} | " if d in by else "- | " for d in extra))
     threshold = verify.get("threshold", 5)
     if verify.get("effective"):
-        lines += ["", f"Verdict: **effective**: every task within {threshold:g} points of the majority class"
+        lines += ["", f"Verdict: **effective**: every task within {threshold:g} points of the majority class "
+                  "(or of a uniform guess over its classes, where that is higher)"
                   + (f", also after {', '.join(extra)}." if extra else ".")]
     else:
         broken = broken_text(verify.get("broken_by") or {})
-        lines += ["", f"Verdict: **not effective**: above the majority class + {threshold:g} points for {broken or '?'}."]
+        lines += ["", f"Verdict: **not effective**: above the majority class (or a uniform guess, where higher) + {threshold:g} points for {broken or '?'}."]
     return lines
 
 

@@ -1,5 +1,10 @@
 """What `verify` found: per-task victim accuracies, the robustness profile per defence, and the verdict
-(effective = every task within the threshold with no defence and under every defence)."""
+(effective = every task within the threshold with no defence and under every defence).
+
+The threshold counts from each task's no-skill baseline: the better of always answering the training
+majority class and a uniform guess over its classes (0.5 for AUC). The majority class alone can score
+below a guess on a test split where it happens to be rare (the demo's `shape`: 28% with 3 classes), and
+would then ask a victim to be systematically wrong before the data counted as unlearnable."""
 
 from __future__ import annotations
 
@@ -21,14 +26,20 @@ class TaskRow:
     stl_clean_acc: float | None = None
     stl_protected_acc: float | None = None
     clean_by_defense: dict[str, float] = field(default_factory=dict)  # the clean-trained victim under each defence
+    chance: float = 0.0  # a uniform guess: 1 / classes (accuracy) or 0.5 (AUC)
+
+    @property
+    def baseline(self) -> float:
+        """What a victim that learned nothing scores: the majority class, or a uniform guess where that is higher."""
+        return max(self.majority, self.chance)
 
     @property
     def drop(self) -> float:
         return self.clean_acc - self.protected_acc
 
     def within(self, acc: float, threshold: float) -> bool:
-        """`acc` (a victim's, on this task) at most `threshold` points above the majority baseline: protected."""
-        return acc <= self.majority + threshold / 100
+        """`acc` (a victim's, on this task) at most `threshold` points above the no-skill baseline: protected."""
+        return acc <= self.baseline + threshold / 100
 
 
 @dataclass
@@ -96,7 +107,7 @@ class VerifyReport:
 
 
 def judge(rows: list[TaskRow], threshold: float) -> dict[str, list[str]]:
-    """Defence -> the tasks whose protected-trained accuracy is above majority + threshold points with it.
+    """Defence -> the tasks whose protected-trained accuracy is above baseline + threshold points with it.
     Empty means effective: every task within the threshold with no defence and under every squeeze."""
     broken: dict[str, list[str]] = {}
     for row in rows:

@@ -116,8 +116,9 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
         f"{', STL' if cfg.stl else ''}"
         + (f" ({len(cached)} clean-trained result(s) cached)" if cached else ""))
     milestones = lr_milestones(cfg.epochs, cfg.milestones)
-    # The chance level a victim must beat: the majority class for accuracy, 0.5 for AUC.
+    # The chance level a victim must beat: the majority class or a uniform guess for accuracy, 0.5 for AUC.
     majority = majority_baseline(clean_train.labels, test_labels, nc) if cfg.metric == "acc" else [0.5] * len(nc)
+    chance = [1 / c for c in nc] if cfg.metric == "acc" else [0.5] * len(nc)
     log(on_event, f"victim {cfg.victim} ({cfg.victim_stem} stem), {cfg.epochs} epochs at {res} px (crop {crop}), "
         f"{len(prot_set)} protected / {len(clean_train)} clean training images, {len(test_set)} clean test images")
     detectability = None
@@ -154,7 +155,7 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
         return run(prepared.images, labels, f"{trained_on} victim ({defense})", test_images=prepared.test_images,
                    batch_transform=prepared.batch_transform)
 
-    rows = [TaskRow(spec.names[k], majority[k], 0.0, 0.0, 0.0, 0.0, 0.0) for k in range(len(nc))]
+    rows = [TaskRow(spec.names[k], majority[k], 0.0, 0.0, 0.0, 0.0, 0.0, chance=chance[k]) for k in range(len(nc))]
     curves: dict[str, dict[str, list[list[float]]]] = {"clean": {}, "protected": {}}
     for defense in defenses:
         cache_file = cache_files.get(defense)

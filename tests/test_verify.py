@@ -156,6 +156,24 @@ def test_the_verdict_fails_when_only_a_squeeze_breaks_it():
     assert judge(rows, threshold=25.0) == {}
 
 
+def test_the_threshold_counts_from_a_uniform_guess_where_the_majority_class_scores_less():
+    # 3 classes; the training majority class is rare in this test split (28%): a victim at 36% has learnt nothing a
+    # guess (33.3%) would not give, so it counts as protected; at 39% it does not.
+    rows = [TaskRow("shape", 0.28, 0.6, 0.6, 0.36, 0.0, 0.9, by_defense={"none": 0.36, "grayscale": 0.39}, chance=1 / 3)]
+    assert rows[0].baseline == pytest.approx(1 / 3)
+    assert judge(rows, threshold=5.0) == {"grayscale": ["shape"]}
+    rows[0].chance = 0.0  # the majority class alone: both break it
+    assert judge(rows, threshold=5.0) == {"none": ["shape"], "grayscale": ["shape"]}
+
+
+def test_verify_records_each_task_s_uniform_guess(sets):
+    clean, names, tmp = sets
+    prot = write_set(tmp / "prot", shortcut=True, only=names)
+    report = verify(data(clean), prot, dataclasses.replace(CFG, epochs=1))
+    classes = read_labels(data(clean)).spec.num_classes
+    assert [row.chance for row in report.tasks] == pytest.approx([1 / c for c in classes])
+
+
 def test_default_victim_resolution_and_defences():
     assert VerifyConfig().defenses == ("none", "grayscale", "jpeg10", "bdr2")
     assert victim_res(32, 200) == 64  # never below 64 px, whatever the working size

@@ -192,7 +192,7 @@ def protect(
 
 
 @app.command(epilog=(
-    "Exit codes: 0 = every task at or below the majority baseline + --threshold points with no defence and after "
+    "Exit codes: 0 = every task at or below its baseline (the majority class, or a uniform guess where higher) + --threshold points with no defence and after "
     "each --defense (protection effective), 4 = some task above it, 1 = error.\n\n"
     "Examples:\n\n  mtlue protect ./photos -l attrs.csv -o prot/ --holdout 0.2 && mtlue verify prot/\n\n"
     "  mtlue verify prot/ --res 128 --recipe paper --time-budget none\n\n"
@@ -217,7 +217,7 @@ def verify(
     defense: Annotated[str, typer.Option("--defense", help="Comma list: none, grayscale, jpegQ, bdrB, blurS, medianK, resizeF, op (orthogonal projection), ueraser-lite, or all. Each trains a protected-trained victim; the verdict covers every one.")] = "none,grayscale,jpeg10,bdr2",
     adv_train: Annotated[bool, typer.Option("--adv-train", help="PGD adversarial training of the victim (slow).")] = False,
     stl: Annotated[bool, typer.Option("--stl", help="Also train one single-task victim per task.")] = False,
-    threshold: Annotated[float, typer.Option(help="Points above the majority baseline (0.5 for AUC) that still count as protected.")] = 5.0,
+    threshold: Annotated[float, typer.Option(help="Points above the baseline (majority class or uniform guess, whichever is higher; 0.5 for AUC) that still count as protected.")] = 5.0,
     metric: Annotated[str, typer.Option(help="acc (top-1 accuracy) or auc (ROC-AUC per task, for multi-label binary data).")] = "acc",
     json_file: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON to this file.")] = None,
     profile: Annotated[bool, typer.Option("--profile", help="Also train a victim on the originals under each defence: what the defence costs clean data (one more victim per defence).")] = False,

@@ -263,6 +263,10 @@ def render_verify(report: Any) -> None:
                   + ("defence columns: the protected files after the attacker's defence; " if extra else "")
                   + "best: the protected victim's best epoch; train*: its accuracy on its own training files "
                   "(high train with low test accuracy is the shortcut signature)[/]")
+    for row in report.tasks:
+        if row.baseline > row.majority:
+            console.print(f"[dim]{row.task}: its training majority class scores {row.majority:.1%} on these test images, "
+                          f"below a uniform guess ({row.baseline:.1%}); the threshold counts from the guess[/]")
     _render_profile(report)
     if report.detect is not None:
         _render_detect(report.detect)
@@ -293,11 +297,11 @@ def _render_verdict(report: Any, extra: list[str]) -> None:
     from mtlue_cli.verdict import broken_text
 
     if report.effective:
-        console.print(f"[bold green]protection effective[/]: every task stays within {report.threshold:g} points of the "
-                      "majority baseline when trained on the protected files"
+        console.print(f"[bold green]protection effective[/]: every task stays within {report.threshold:g} points of its "
+                      "majority class (or a uniform guess, where higher) when trained on the protected files"
                       + (f", also after {', '.join(extra)}" if extra else ""))
         return
-    console.print(f"[bold red]protection NOT effective[/]: above majority + {report.threshold:g} points for "
+    console.print(f"[bold red]protection NOT effective[/]: above the majority class (or guess) + {report.threshold:g} points for "
                   f"{broken_text(report.broken_by)}")
     squeezed = [d for d in report.broken_by if d != "none"]
     if squeezed:
