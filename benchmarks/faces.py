@@ -91,7 +91,8 @@ def _weak_spots(transfer: dict[str, Any], res: str) -> str:
 def publish(work: Path, args: argparse.Namespace) -> None:
     from mtlue_cli.labels import UTK_CLASS_NAMES
     from mtlue_cli.generator import PerturbationGenerator
-    from mtlue_cli.hub import file_sha256, generator_config, load_folder, save_generator
+    from mtlue_cli.files import file_sha256
+    from mtlue_cli.hub import generator_config, load_folder, save_generator
 
     model, _, meta = load_folder(work)
     config = generator_config(model)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ class ExportConfig:
 
 @dataclass
 class ExportReport:
-    folder: Path  # the self-contained folder written
+    folder: Path | None  # the self-contained folder written (None: a temporary one, removed after the push)
     repo_id: str | None = None  # where it was pushed
     url: str | None = None  # the Hub commit URL; None when not pushed
 
@@ -82,7 +83,8 @@ def push_generator(folder: Path, repo_id: str, private: bool = False, revision: 
 
 def export_and_push(cfg: ExportConfig, on_event: OnEvent | None = None) -> ExportReport:
     """`mtlue export`: load the generator, write its self-contained folder (cfg.to, or a new temporary folder)
-    and, with cfg.push, upload that folder. A failed upload leaves the folder written."""
+    and, with cfg.push, upload that folder. A temporary folder is removed once the upload succeeded; a failed
+    upload leaves the folder written (its path is in the event logged before the upload)."""
     on_event = on_event or noop
     loaded = load_generator(cfg.generator, revision=None if cfg.push else cfg.revision)
     folder = cfg.to if cfg.to is not None else Path(tempfile.mkdtemp(prefix="mtlue-export-"))
@@ -90,5 +92,8 @@ def export_and_push(cfg: ExportConfig, on_event: OnEvent | None = None) -> Expor
     if cfg.push:
         log(on_event, f"generator exported to {report.folder}; uploading it to {cfg.push}")
         report.repo_id = cfg.push
-        report.url = push_generator(report.folder, cfg.push, private=cfg.private, revision=cfg.revision)
+        report.url = push_generator(folder, cfg.push, private=cfg.private, revision=cfg.revision)
+        if cfg.to is None:
+            shutil.rmtree(folder)
+            report.folder = None
     return report

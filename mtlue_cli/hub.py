@@ -20,7 +20,7 @@ from typing import Any
 from mtlue_cli import __version__
 from mtlue_cli.config import BOUNDS, CONDITIONINGS, GENERATOR_STEMS, MAX_EPSILON, STEM_DOWNSAMPLING, WIDTHS
 from mtlue_cli.errors import MtlueError, WeightsError
-from mtlue_cli.files import file_sha256, write_text  # file_sha256: encode, protect, benchmarks still import it here
+from mtlue_cli.files import file_sha256, write_text
 from mtlue_cli.model_card import model_card
 
 WEIGHTS, CONFIG, RECORD, CARD = "model.safetensors", "config.json", "fit_record.json", "README.md"

@@ -288,10 +288,21 @@ def test_export_and_push_loads_once_exports_once_and_pushes_the_folder(monkeypat
     report = export.export_and_push(export.ExportConfig("demo-shapes", push="me/x", revision="dev"),
                                     on_event=lambda kind, info: events.append(info["message"]))
     assert calls["load"][-1] == (("demo-shapes",), {"revision": None})  # with --push, --revision is the branch
-    assert report.folder.name.startswith("mtlue-export-") and report.url == "https://hub/commit"
-    assert calls["push"] == [((report.folder, "me/x"), {"private": False, "revision": "dev"})]
-    assert events == [f"generator exported to {report.folder}; uploading it to me/x"]
-    report.folder.rmdir()
+    pushed = calls["push"][0][0][0]
+    assert pushed.name.startswith("mtlue-export-") and report.url == "https://hub/commit"
+    assert calls["push"] == [((pushed, "me/x"), {"private": False, "revision": "dev"})]
+    assert events == [f"generator exported to {pushed}; uploading it to me/x"]
+    assert report.folder is None and not pushed.exists()  # the temporary folder is gone once pushed
+
+    def fail(*a, **k):
+        raise WeightsError("no network")
+
+    monkeypatch.setattr(export, "push_generator", fail)
+    with pytest.raises(WeightsError):
+        export.export_and_push(export.ExportConfig("demo-shapes", push="me/x"), on_event=lambda kind, info: events.append(info["message"]))
+    kept = Path(events[-1].split("generator exported to ")[1].split(";")[0])
+    assert kept.is_dir()  # a failed upload keeps what was exported, at the path the event named
+    kept.rmdir()
     with pytest.raises(ConfigError, match="--to DIR and/or --push"):
         export.ExportConfig("demo-shapes")
 

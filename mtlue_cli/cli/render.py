@@ -355,7 +355,8 @@ def render_aliases(registry: dict[str, dict[str, Any]]) -> None:
 
 
 def render_export(report: Any) -> None:
-    console.print(f"[green]generator exported to {report.folder}[/] (model.safetensors, config.json, README.md)")
+    if report.folder is not None:
+        console.print(f"[green]generator exported to {report.folder}[/] (model.safetensors, config.json, README.md)")
     if report.url is not None:
         console.print(f"[green]pushed to {report.repo_id}[/]: {report.url}")
 
