@@ -58,7 +58,7 @@ def figure(report: Any) -> Any:
                 if curve:
                     ax.plot(range(1, len(curve) + 1), [epoch[k] for epoch in curve], style, color=colours[defense],
                             marker="." if len(curve) < 3 else None)
-        ax.axhline(row.majority, color="black", linestyle="--", linewidth=1)
+        ax.axhline(row.baseline, color="black", linestyle="--", linewidth=1)  # the verdict's baseline
         ax.set_title(row.task)
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
@@ -70,7 +70,7 @@ def figure(report: Any) -> Any:
     handles = [Line2D([], [], color=colours[d], label=d) for d in report.defenses]
     handles += [Line2D([], [], color="black", linestyle="-", label="trained on the protected files"),
                 Line2D([], [], color="black", linestyle=":", label="trained on the originals"),
-                Line2D([], [], color="black", linestyle="--", linewidth=1, label="majority class")]
+                Line2D([], [], color="black", linestyle="--", linewidth=1, label="majority class (or a guess, if higher)")]
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 3 * cols + 1), fontsize="small")
     fig.suptitle("victims tested on clean images (lower is better for you)")
     return fig

@@ -10,7 +10,7 @@ from mtlue_cli.verify import TaskRow, VerifyReport
 
 
 def report() -> VerifyReport:
-    rows = [TaskRow("shape", 0.4, 0.9, 0.9, 0.35, 0.4, 1.0), TaskRow("size", 0.5, 0.8, 0.8, 0.5, 0.5, 1.0)]
+    rows = [TaskRow("shape", 0.3, 0.9, 0.9, 0.35, 0.4, 1.0, chance=1 / 3), TaskRow("size", 0.5, 0.8, 0.8, 0.5, 0.5, 1.0)]
     curves = {"clean": {"none": [[0.5, 0.6], [0.9, 0.8]], "op": [[0.4, 0.5], [0.8, 0.7]]},
               "protected": {"none": [[0.3, 0.5], [0.35, 0.5]], "op": [[0.5, 0.5], [0.6, 0.55]]}}
     return VerifyReport(rows, ["none", "op"], 10, 4, {}, {"metric": "acc"}, 5.0, seconds=1.0, curves=curves)
@@ -32,7 +32,7 @@ def test_one_line_per_victim_and_the_majority_line_in_each_panel():
         victims = [line for line in ax.get_lines() if line.get_linestyle() != "--"]
         majority = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
         assert len(victims) == 4  # clean and protected, none and op
-        assert len(majority) == 1 and majority[0].get_ydata()[0] == row.majority
+        assert len(majority) == 1 and majority[0].get_ydata()[0] == row.baseline
         drawn = sorted(tuple(line.get_ydata()) for line in victims)
         expected = sorted(tuple(epoch[k] for epoch in curve) for by in r.curves.values() for curve in by.values())
         assert drawn == expected  # each victim's own accuracies, per epoch
