@@ -36,8 +36,9 @@ def model_card(config: dict[str, Any], metadata: dict[str, str], record: dict[st
         "[arXiv 2505.05279](https://arxiv.org/abs/2505.05279)). Made with "
         "[mtlue](https://github.com/mtlue/mtlue).", "",
         "## Use", "", "```bash", "pip install mtlue",
-        "mtlue protect ./photos --labels labels.csv --generator THIS_REPO_OR_FOLDER --out ./photos-protected",
-        "mtlue verify --clean ./photos --protected ./photos-protected --labels labels.csv", "```", "",
+        "mtlue protect ./photos --labels labels.csv --generator THIS_REPO_OR_FOLDER --out ./photos-protected --holdout 0.2",
+        "mtlue verify ./photos-protected   # victims trained on the protected copies, tested on the held-out originals",
+        "```", "",
         "## What it protects", "",
         f"- L-inf budget: {eps:.6f} ({eps * 255:.4g}/255), applied at native resolution, lossless PNG by default.",
         f"- Working resolution: {config['image_size']} px ({config['stem']} stem); base objective: {method.upper()}.",
