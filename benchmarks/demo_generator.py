@@ -73,7 +73,7 @@ def results_markdown(report, seconds: float) -> str:  # report: demo.DemoReport
     head = "| task | majority (guess) | clean-trained | protected | " + " | ".join(f"+ {d}" for d in v.defenses[1:]) + " |"
     rows = [head, "|---|---|---|---|" + "---|" * (len(v.defenses) - 1)]
     for t in v.tasks:
-        baseline = f"{t.majority:.1%}" + (f" ({t.chance:.1%})" if t.chance > t.majority else "")
+        baseline = f"{t.majority:.1%}" + (f" ({t.baseline:.1%})" if t.baseline > t.majority else "")
         rows.append(f"| {t.task} | {baseline} | {t.clean_acc:.1%} | **{t.protected_acc:.1%}** | "
                     + " | ".join(f"{t.by_defense[d]:.1%}" for d in v.defenses[1:]) + " |")
     verdict = ("effective with no defence and after each squeeze" if v.effective else

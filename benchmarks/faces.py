@@ -79,11 +79,13 @@ def results_markdown(transfer: dict[str, Any], same: bool) -> str:
 
 
 def _weak_spots(transfer: dict[str, Any], res: str) -> str:
-    """The squeezes after which a task ends more than 5 points above its majority class, said plainly."""
+    """The squeezes after which a task ends above the verdict's threshold (verify's own `broken_by`), said plainly."""
+    v = transfer["verify"][res]
+    failed = {(task, d) for d, tasks in v["broken_by"].items() for task in tasks}
     broken = [f"`{t['task']}` {'with no defence' if d == 'none' else 'after ' + d} ({t['by_defense'][d]:.0%}; majority {t['majority']:.0%}, clean {t['clean_acc']:.0%})"
-              for t in transfer["verify"][res]["tasks"] for d in t["by_defense"] if t["by_defense"][d] > t["majority"] + 0.05]
+              for t in v["tasks"] for d in t["by_defense"] if (t["task"], d) in failed]
     if not broken:
-        return "Every task stays within 5 points of its majority class with no defence and after each squeeze."
+        return f"Every task stays within {v['threshold']:g} points of its majority class with no defence and after each squeeze."
     return ("**Not every task holds under every squeeze**: " + "; ".join(broken) + ". Publish knowing that an "
             "attacker who converts the images first learns these; fitting a generator on your own images is stronger.")
 
