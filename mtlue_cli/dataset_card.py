@@ -49,6 +49,9 @@ def _verify_section(verify: dict[str, Any] | None) -> list[str]:
         lines += ["", f"Verdict: **effective**: every task within {threshold:g} points of the majority class "
                   "(or of a uniform guess over its classes, where that is higher)"
                   + (f", also after {', '.join(extra)}." if extra else ".")]
+    elif verify.get("verdict") == "inconclusive":
+        lines += ["", f"Verdict: **none**: the victim trained on the originals did not learn {', '.join(verify.get('unlearned') or [])} "
+                  "either, so low scores from the protected files prove nothing there."]
     else:
         broken = broken_text(verify.get("broken_by") or {})
         lines += ["", f"Verdict: **not effective**: above the majority class (or a uniform guess, where higher) + {threshold:g} points for {broken or '?'}."]

@@ -142,7 +142,7 @@ def fit_generator(dataset: MultiTaskImageDataset, cfg: FitConfig, out: Path, on_
     sched_steps = cfg.scheduler_steps_per_epoch or method.scheduler_steps
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(milestones(cfg.epochs, cfg.milestones)), gamma=0.1)
     # §4.4: SEP stops after epochs/4 generation epochs (UTKFace: 25 epochs, LR drops at 15 and 20).
-    max_epochs = max(1, cfg.epochs // sched_steps)
+    max_epochs = epoch_cap = max(1, cfg.epochs // sched_steps)
     parts = {"generator": generator, "optimizer": optimizer, "scheduler": scheduler}
     if surrogates.trainer is not None:
         parts.update(surrogate=surrogates.trainer.model, surrogate_optimizer=surrogates.trainer.optimizer)
@@ -178,19 +178,24 @@ def fit_generator(dataset: MultiTaskImageDataset, cfg: FitConfig, out: Path, on_
             history.append({"epoch": epoch + 1, "loss": loss, "stop_error": final_error, "true_acc": acc_attacked,
                             "true_acc_tasks": true_acc, "lr": optimizer.param_groups[0]["lr"],
                             "seconds": time.perf_counter() - started})
-            if cfg.time_budget is not None and epoch == start_epoch:
-                # Rank 0's clock decides for every rank, so DDP processes never disagree on the schedule.
-                planned = dist.from_main(_plan_epochs(epoch + 1, max_epochs, time.perf_counter() - epoch_started,
+            # The plan follows the latest epoch's speed until the first LR drop (rank 0's clock decides for every
+            # rank, so DDP processes never disagree): a fit that starts while another job shares the CPU would
+            # otherwise plan too few epochs and stop at a fraction of its budget.
+            first = epoch == start_epoch
+            if cfg.time_budget is not None and (first or epoch + 1 < min(scheduler.milestones, default=0) // sched_steps):
+                planned = dist.from_main(_plan_epochs(epoch + 1, epoch_cap, time.perf_counter() - epoch_started,
                                                       cfg.time_budget - (time.perf_counter() - started)))
-                stop_reason = f"the time budget's plan of {planned} epochs"
-                if planned != max_epochs:
-                    max_epochs = planned
-                    scheduler.milestones = Counter(milestones(max_epochs * sched_steps, None))
-                    on_event("progress", {"stage": "generator", "done": progress.done,
-                                          "total": (max_epochs - start_epoch) * steps})
-                log(on_event, f"--time-budget {cfg.time_budget:.0f} s: {max_epochs} generator epochs "
-                    f"({time.perf_counter() - epoch_started:.0f} s each; LR drops after epochs "
-                    f"{', '.join(str(m // sched_steps) for m in sorted(scheduler.milestones))})")
+                drops = milestones(planned * sched_steps, None)
+                if first or (planned != max_epochs and min(drops) > (epoch + 1) * sched_steps):  # no drop skipped
+                    stop_reason = f"the time budget's plan of {planned} epochs"
+                    if planned != max_epochs:
+                        max_epochs, scheduler.milestones = planned, Counter(drops)
+                        on_event("progress", {"stage": "generator", "done": progress.done,
+                                              "total": (max_epochs - start_epoch) * steps})
+                    log(on_event, f"--time-budget {cfg.time_budget:.0f} s: {max_epochs} generator epochs "
+                        f"({time.perf_counter() - epoch_started:.0f} s each; LR drops after epochs "
+                        f"{', '.join(str(m // sched_steps) for m in sorted(scheduler.milestones))})"
+                        + ("" if first else ", re-planned"))
             on_event("epoch", {"stage": "generator", "epoch": epoch + 1, "of": max_epochs, "loss": loss,
                                "clean_acc": clean_mean, "attacked_acc": acc_attacked, "stop_error": final_error,
                                "seconds": time.perf_counter() - started})

@@ -1,5 +1,7 @@
-"""What `verify` found: per-task victim accuracies, the robustness profile per defence, and the verdict
-(effective = every task within the threshold with no defence and under every defence).
+"""What `verify` found: per-task victim accuracies, the robustness profile per defence, and the verdict:
+effective = every task within the threshold with no defence and under every defence, and the clean-trained
+victim learnt every task (above the threshold itself); otherwise "not effective" (some task above it) or
+"inconclusive" (nothing above it, but the originals were not learnt either, so a low score proves nothing).
 
 The threshold counts from each task's no-skill baseline: the better of always answering the training
 majority class and a uniform guess over its classes (0.5 for AUC). The majority class alone can score
@@ -81,9 +83,23 @@ class VerifyReport:
         return sorted({task for tasks in self.broken_by.values() for task in tasks})
 
     @property
+    def unlearned(self) -> list[str]:
+        """Tasks the victim trained on the originals did not learn either (within the threshold of the baseline):
+        for them a low protected-trained score says nothing about the protection (too few epochs, noisy labels)."""
+        return [t.task for t in self.tasks if t.within(t.clean_acc, self.threshold)]
+
+    @property
+    def verdict(self) -> str:
+        """"not effective" (some task above the threshold somewhere), "inconclusive" (none, but the clean-trained
+        victim did not learn some task) or "effective"."""
+        if self.broken_by:
+            return "not effective"
+        return "inconclusive" if self.unlearned else "effective"
+
+    @property
     def effective(self) -> bool:
-        """Every task within the threshold with no defence AND under each defence (exit code 0; else 4)."""
-        return not self.broken_by
+        """Every task within the threshold with no defence AND under each defence, on a set the clean victim learnt."""
+        return self.verdict == "effective"
 
     @property
     def profile(self) -> list[DefenseProfile]:
@@ -96,7 +112,8 @@ class VerifyReport:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out.update(effective=self.effective, failing=self.failing, broken_by=self.broken_by,
+        out.update(effective=self.effective, verdict=self.verdict, unlearned=self.unlearned, failing=self.failing,
+                   broken_by=self.broken_by,
                    profile=[asdict(p) for p in self.profile])
         out["mean"] = {k: self.mean(k) for k in ("majority", "clean_acc", "protected_acc", "protected_train_acc")}
         out["mean"]["by_defense"] = {d: sum(t.by_defense[d] for t in self.tasks) / len(self.tasks) for d in self.defenses}

@@ -142,6 +142,11 @@ def test_verify_is_one_call_and_the_verdict_is_the_reports(monkeypatch, tmp_path
     assert result.exit_code == 4 and "NOT effective" in result.output and "shape with no defence" in result.output
     assert call.calls[-1][0][0] == VerifyRequest(out, clean=tmp_path)  # the long form: no verify.json in OUT
 
+    call.result = _verify_report(0.41)
+    call.result.tasks[0].clean_acc = 0.42  # the victim trained on the originals did not learn `shape` either
+    result = runner.invoke(app, ["verify", str(out), "-q"], env=ENV)
+    assert result.exit_code == 5 and "no verdict" in result.output and "did not learn shape" in result.output
+
 
 def test_publish_is_one_call_with_its_config(monkeypatch, tmp_path) -> None:
     from mtlue_cli.publish import PublishConfig, PublishReport

@@ -1,5 +1,7 @@
 import json
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -120,6 +122,28 @@ def test_time_budget_bounds_the_schedule_and_each_epoch_reports_the_attack(tmp_p
     assert 0 <= epochs[0]["attacked_acc"] <= 1 and epochs[0]["clean_acc"] is not None
     roomy = fit_generator(tiny_dataset(), quick(method="tap", epochs=3, time_budget=3600.0), tmp_path / "b")
     assert roomy.epochs_run == 3  # the epoch cap still holds
+
+
+def test_the_time_budget_plan_follows_the_speed_until_the_first_lr_drop(tmp_path, monkeypatch):
+    import mtlue_cli.fit as fit_module
+
+    # A fake clock: the first epoch takes 100 s (another job shared the CPU), every later one 10 s.
+    clock, real_epoch = [0.0], fit_module._generator_epoch
+
+    def epoch(*args, **kwargs):
+        clock[0] += 100.0 if clock[0] < 100 else 10.0
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(fit_module, "time", SimpleNamespace(perf_counter=lambda: clock[0], strftime=time.strftime,
+                                                            gmtime=time.gmtime))
+    monkeypatch.setattr(fit_module, "_generator_epoch", epoch)
+    logs = []
+    result = fit_generator(tiny_dataset(), quick(method="tap", epochs=12, time_budget=1000.0), tmp_path / "gen",
+                           on_event=lambda kind, info: logs.append(info.get("message", "")) if kind == "log" else None)
+    plans = [m for m in logs if m.startswith("--time-budget")]
+    assert "9 generator epochs" in plans[0]  # 900 s left at 100 s each, one kept back
+    assert "12 generator epochs" in plans[1] and "re-planned" in plans[1]  # the cap, now that epochs take 10 s
+    assert result.epochs_run == 12 and len(plans) == 2
 
 
 def test_stop_on_collapse_and_robust_training(tmp_path):

@@ -15,7 +15,7 @@ from mtlue_cli.data import split_indices
 from mtlue_cli.defenses import ALL, expand_defenses
 from mtlue_cli.errors import ConfigError
 from mtlue_cli.labels import read_labels
-from mtlue_cli.verify import TaskRow, judge, verify
+from mtlue_cli.verify import TaskRow, VerifyReport, judge, verify
 
 N, SIZE = 96, 16
 
@@ -164,6 +164,19 @@ def test_the_threshold_counts_from_a_uniform_guess_where_the_majority_class_scor
     assert judge(rows, threshold=5.0) == {"grayscale": ["shape"]}
     rows[0].chance = 0.0  # the majority class alone: both break it
     assert judge(rows, threshold=5.0) == {"none": ["shape"], "grayscale": ["shape"]}
+
+
+def test_no_verdict_when_the_clean_trained_victim_did_not_learn_the_task():
+    # Protected-trained at the baseline, but so is the victim trained on the originals: that proves nothing.
+    unlearnt = TaskRow("age", 0.2, 0.23, 0.23, 0.2, 0.0, 0.5, by_defense={"none": 0.2})
+    learnt = _row("sex", 0.5, none=0.5)
+    report = VerifyReport([unlearnt, learnt], ["none"], 10, 5, {}, {}, 5.0)
+    assert report.unlearned == ["age"] and report.verdict == "inconclusive" and not report.effective
+    assert report.to_dict()["verdict"] == "inconclusive" and report.to_dict()["unlearned"] == ["age"]
+    learnt.by_defense["none"] = 0.7  # a broken task is a verdict whatever else went on
+    assert report.verdict == "not effective"
+    unlearnt.clean_acc, learnt.by_defense["none"] = 0.26, 0.5  # 6 points above the baseline: learnt
+    assert report.verdict == "effective" and report.effective
 
 
 def test_verify_records_each_task_s_uniform_guess(sets):

@@ -21,6 +21,8 @@ from mtlue_cli.config import EPSILON_PRESETS, SQUEEZES, VERIFY_RECIPES, ProtectC
 from mtlue_cli.errors import ConfigError
 from mtlue_cli.files import write_text
 
+# verify's and demo's exit code per verdict (style rule 7: the exit code says what happened).
+VERDICT_EXIT = {"effective": 0, "not effective": 4, "inconclusive": 5}
 EPILOG_PRESETS = ", ".join(f"{k} = {round(v * 255)}/255" for k, v in EPSILON_PRESETS.items())
 
 
@@ -193,7 +195,8 @@ def protect(
 
 @app.command(epilog=(
     "Exit codes: 0 = every task at or below its baseline (the majority class, or a uniform guess where higher) + --threshold points with no defence and after "
-    "each --defense (protection effective), 4 = some task above it, 1 = error.\n\n"
+    "each --defense (protection effective), 4 = some task above it, 5 = no verdict: the victim trained on the "
+    "originals did not learn some task either, 1 = error.\n\n"
     "Examples:\n\n  mtlue protect ./photos -l attrs.csv -o prot/ --holdout 0.2 && mtlue verify prot/\n\n"
     "  mtlue verify prot/ --res 128 --recipe paper --time-budget none\n\n"
     "  mtlue verify prot/ --defense all --detect --plot curves.png --time-budget 1h\n\n"
@@ -261,7 +264,7 @@ def verify(
     render_verify(report)
     if json_file is not None:
         write_text(json_file, report.to_json())
-    raise typer.Exit(0 if report.effective else 4)
+    raise typer.Exit(VERDICT_EXIT[report.verdict])
 
 
 @app.command(epilog=(
@@ -347,7 +350,8 @@ def demo(
 
     Writes OUT/protected.preview.png (originals, protected copies, amplified δ) and OUT/curves.png (learning curves).
 
-    Exit code 0 when the protection holds for every task with and without each squeeze, 4 when it does not."""
+    Exit code 0 when the protection holds for every task with and without each squeeze, 4 when it does not, 5 when the
+    victim trained on the originals did not learn some task (no verdict)."""
     with errors(debug):
         from mtlue_cli.demo import run_demo
 
@@ -357,4 +361,4 @@ def demo(
     render_protect(report.protect)
     render_verify(report.verify)
     console.print(f"originals: {report.data}   protected: {report.protected}")
-    raise typer.Exit(0 if report.verify.effective else 4)
+    raise typer.Exit(VERDICT_EXIT[report.verify.verdict])

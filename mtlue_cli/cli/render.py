@@ -301,6 +301,12 @@ def _render_verdict(report: Any, extra: list[str]) -> None:
                       "majority class (or a uniform guess, where higher) when trained on the protected files"
                       + (f", also after {', '.join(extra)}" if extra else ""))
         return
+    if report.verdict == "inconclusive":
+        console.print(f"[bold yellow]no verdict[/]: the victim trained on the originals did not learn "
+                      f"{', '.join(report.unlearned)} either (within {report.threshold:g} points of the baseline), so a low "
+                      "score from the protected files proves nothing there. Train the victims longer (--epochs, "
+                      "--time-budget), use more images, or check those labels.")
+        return
     console.print(f"[bold red]protection NOT effective[/]: above the majority class (or guess) + {report.threshold:g} points for "
                   f"{broken_text(report.broken_by)}")
     squeezed = [d for d in report.broken_by if d != "none"]
