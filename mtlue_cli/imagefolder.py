@@ -19,7 +19,7 @@ from mtlue_cli import outputs
 from mtlue_cli.dataset_card import MANIFEST_COPY
 from mtlue_cli.errors import ConfigError, FileProblem, PublishRefused
 from mtlue_cli.events import OnEvent
-from mtlue_cli.files import write_text
+from mtlue_cli.files import atomic_write, write_text
 from mtlue_cli.publish_checks import refuse
 
 CARD, METADATA = "README.md", "metadata.csv"
@@ -75,12 +75,17 @@ def metadata_csv(rows: list[list[str]], tasks: list[str]) -> str:
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
-    """A hard link costs no space and keeps the mtime (an interrupted upload resumes); else a copy."""
+    """A hard link costs no space and keeps the mtime (an interrupted upload resumes); else a copy. Either is made
+    beside `dst` and renamed over it, so an interrupted build never leaves half a file under its final name."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+
+    def place(tmp: Path) -> None:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copy2(src, tmp)
+
+    atomic_write(dst, place)
 
 
 def clean_test(run: outputs.RunRecord, tasks: list[str], folder: Path, on_event: OnEvent) -> list[list[str]]:

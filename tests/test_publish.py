@@ -238,3 +238,15 @@ def test_cli_dry_run_and_exit_codes(out: Path, tmp_path: Path) -> None:
     (out / "run.json").unlink()
     assert runner.invoke(app, ["publish", str(out), "--dry-run", "--folder", str(folder), "-q"]).exit_code == 1
     assert issubclass(PublishRefused, MtlueError)
+
+
+def test_the_upload_folder_replaces_a_stale_file_whole(tmp_path: Path) -> None:
+    from mtlue_cli.imagefolder import link_or_copy
+
+    src, dst = tmp_path / "a.png", tmp_path / "up" / "train" / "a.png"
+    src.write_bytes(b"protected")
+    dst.parent.mkdir(parents=True)
+    dst.write_bytes(b"an older, longer file from an interrupted build")
+    link_or_copy(src, dst)
+    assert dst.read_bytes() == b"protected" and sorted(p.name for p in dst.parent.iterdir()) == ["a.png"]
+    assert src.read_bytes() == b"protected"  # the source is untouched
