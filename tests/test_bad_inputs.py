@@ -4,7 +4,7 @@ Every cell runs the real CLI in-process (CliRunner) on a 10-image 16x16 CSV data
 injected, and asserts: no traceback, the expected exit code, the bad file NAMED in the output when it is
 skipped, inputs byte-identical after `protect`, and no temp file left under --out.
 
-Exit codes: 0 ok, 1 error, 3 protect had failed files, 4 verify not effective (0 or 4 are both verdicts).
+Exit codes: 0 ok, 1 error, 3 protect had failed files, 4 verify not effective, 5 no verdict (0, 4 or 5 are all verdicts).
 
 ==============================  =======  ====  ===========  =======  ===========  ======
 case                            inspect  fit   fit          protect  protect      verify
@@ -384,7 +384,7 @@ def test_bad_input_matrix(case: str, command: str, case_data: Callable, tmp_path
     _no_traceback(result)
 
     if not broken:
-        expected = (0, 4) if command == "verify" else (0,)
+        expected = (0, 4, 5) if command == "verify" else (0,)  # the three verdicts
     elif command == "fit-skip-bad":
         expected = (0,)
     elif command == "protect-skip-bad":

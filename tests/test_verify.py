@@ -276,7 +276,7 @@ def test_plot_without_matplotlib_says_how_and_verify_goes_on(sets, tiny_victim, 
         "verify", "--clean", str(clean), "--protected", str(prot), "--labels", str(clean / "labels.csv"),
         "--test-split", "0.25", "--epochs", "1", "--batch-size", "16", "--res", str(SIZE), "--device", "cpu", "-q",
         "--defense", "none", "--time-budget", "none", "--plot", str(tmp_path / "curves.png"), "--json", str(tmp_path / "r.json")])
-    assert result.exit_code in (0, 4), result.output
+    assert result.exit_code in (0, 4, 5), result.output  # a verdict, whichever: 1 epoch
     assert 'pip install "mtlue[plot]"' in result.output
     assert not (tmp_path / "curves.png").exists()
     saved = json.loads((tmp_path / "r.json").read_text())
