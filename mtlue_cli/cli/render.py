@@ -313,7 +313,7 @@ def _render_verdict(report: Any, extra: list[str]) -> None:
     if squeezed:
         console.print(f"[yellow]what this means: someone who converts your files ({', '.join(squeezed)}) before "
                       "training learns those tasks anyway. This is a known limit of mtlue's generators at 8/255: on "
-                      "UTKFace faces the CPU default holds the mean after each squeeze but gives `age` 6-13 points "
+                      "UTKFace faces the CPU default holds the mean after each squeeze but gives `age` 6-15 points "
                       "back, and no recipe we measured holds every task under every squeeze yet "
                       "(benchmarks/RESULTS.md).[/]")
 
