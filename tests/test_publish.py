@@ -250,3 +250,12 @@ def test_the_upload_folder_replaces_a_stale_file_whole(tmp_path: Path) -> None:
     link_or_copy(src, dst)
     assert dst.read_bytes() == b"protected" and sorted(p.name for p in dst.parent.iterdir()) == ["a.png"]
     assert src.read_bytes() == b"protected"  # the source is untouched
+
+
+def test_the_card_gives_no_verdict_where_the_originals_were_not_learnt() -> None:
+    from mtlue_cli.dataset_card import _verify_section
+
+    rows = [TaskRow("shape", 0.4, 0.42, 0.42, 0.38, 0.4, 1.0, {"none": 0.38})]  # the clean victim at the baseline too
+    report = VerifyReport(rows, ["none"], 7, 3, {}, {"victim": "resnet18", "epochs": 1, "res": 64}, 5.0)
+    text = "\n".join(_verify_section(report.to_dict()))
+    assert "Verdict: **none**" in text and "did not learn shape" in text and "effective" not in text
