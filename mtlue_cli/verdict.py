@@ -90,8 +90,8 @@ class VerifyReport:
 
     @property
     def verdict(self) -> str:
-        """"not effective" (some task above the threshold somewhere), "inconclusive" (none, but the clean-trained
-        victim did not learn some task) or "effective"."""
+        """One of: "not effective" (some task above the threshold somewhere), "inconclusive" (none, but the
+        clean-trained victim did not learn some task) or "effective"."""
         if self.broken_by:
             return "not effective"
         return "inconclusive" if self.unlearned else "effective"
