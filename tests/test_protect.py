@@ -305,11 +305,11 @@ def test_partial_labels_leave_missing_tasks_unprotected(tmp_path: Path, loaded) 
     assert report.written == 2 and report.protected_tasks == ["shape"] and report.unprotected_tasks == ["size"]
     assert any("lack task(s) ['size']" in w and "NOT protected" in w for w in report.warnings)
     # The delta is the generator's with the label-free mean embedding for `size` (method-spec §2.4).
-    x = torch.from_numpy(np.asarray(_noise((16, 16), "RGB", 7))).permute(2, 0, 1)[None].float() / 255
+    x = torch.from_numpy(np.array(_noise((16, 16), "RGB", 7))).permute(2, 0, 1)[None].float() / 255
     with torch.no_grad():
         expected = loaded.model(x, torch.tensor([[2, 0]]), protect=["shape"])[0]
         both = loaded.model(x, torch.tensor([[2, 0]]))[0]
-    written = torch.from_numpy(np.asarray(Image.open(tmp_path / "out" / "a.png"))).permute(2, 0, 1).float()
+    written = torch.from_numpy(np.array(Image.open(tmp_path / "out" / "a.png"))).permute(2, 0, 1).float()
     inside = (x[0] > 9 / 255) & (x[0] < 246 / 255)  # pixels the uint8 range did not clip
     delta = (written / 255 - x[0])[inside]
     assert torch.allclose(delta, expected[inside], atol=0.51 / 255)
