@@ -52,10 +52,10 @@ here): a victim at chance has learnt nothing, and the majority class alone would
 
 def fit(work: Path, epochs: int, device: str, images: int) -> Path:
     from mtlue_cli.config import DataConfig
-    from mtlue_cli.data import held_out
-    from mtlue_cli.demo import make_shapes
-    from mtlue_cli.fitting import fit_config, fit_folder
-    from mtlue_cli.labels import read_labels
+    from mtlue_cli.data.dataset import held_out
+    from mtlue_cli.data.labels import read_labels
+    from mtlue_cli.demo.shapes import make_shapes
+    from mtlue_cli.fit.folder import fit_config, fit_folder
 
     make_shapes(work / "data", n=images)
     data = DataConfig(root=work / "data" / "images", labels=work / "data" / "labels.csv")
@@ -67,7 +67,7 @@ def fit(work: Path, epochs: int, device: str, images: int) -> Path:
 
 
 def results_markdown(report, seconds: float) -> str:  # report: demo.DemoReport
-    from mtlue_cli.verdict import broken_text
+    from mtlue_cli.verify.verdict import broken_text
 
     v = report.verify
     head = "| task | majority (guess) | clean-trained | protected | " + " | ".join(f"+ {d}" for d in v.defenses[1:]) + " |"
@@ -87,14 +87,14 @@ def results_markdown(report, seconds: float) -> str:  # report: demo.DemoReport
 
 def publish(gen: Path, results: str) -> None:
     from mtlue_cli.files import file_sha256
-    from mtlue_cli.hub import load_folder, save_generator
+    from mtlue_cli.models.persistence import load_folder, save_generator
 
     model, _, meta = load_folder(gen)
     record = json.loads((gen / "fit_record.json").read_text())
     record["card"] = {
         "title": "MTL-UE generator for mtlue's built-in demo (synthetic shapes)",
         "license": "apache-2.0",
-        "training_data": (f"{record['dataset']['images']} synthetic 32-px images made by `mtlue_cli.demo.make_shapes` "
+        "training_data": (f"{record['dataset']['images']} synthetic 32-px images made by `mtlue_cli.demo.shapes.make_shapes` "
                           "(a lighter figure on a coloured background with a soft illumination ramp and sensor-like "
                           "noise; tasks shape, size, position), the training part of the demo's seeded 80/20 split."),
         "intended_use": "- `mtlue demo`: showing the whole protect -> verify loop on a machine without data of its own.\n"
@@ -123,7 +123,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from mtlue_cli.demo import run_demo
+    from mtlue_cli.demo.run import run_demo
 
     torch.set_num_threads(args.threads)
     work = Path(args.work)

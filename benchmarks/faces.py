@@ -47,7 +47,7 @@ def fit(args: argparse.Namespace) -> Path:
     import torch
 
     from mtlue_cli.config import DataConfig
-    from mtlue_cli.fitting import fit_config, fit_folder
+    from mtlue_cli.fit.folder import fit_config, fit_folder
 
     torch.set_num_threads(args.threads)
     _, cfg = fit_config("auto", device=args.device, time_budget=args.time_budget)
@@ -91,10 +91,10 @@ def _weak_spots(transfer: dict[str, Any], res: str) -> str:
 
 
 def publish(work: Path, args: argparse.Namespace) -> None:
-    from mtlue_cli.labels import UTK_CLASS_NAMES
-    from mtlue_cli.generator import PerturbationGenerator
+    from mtlue_cli.data.labels import UTK_CLASS_NAMES
     from mtlue_cli.files import file_sha256
-    from mtlue_cli.hub import generator_config, load_folder, save_generator
+    from mtlue_cli.models.generator import PerturbationGenerator
+    from mtlue_cli.models.persistence import generator_config, load_folder, save_generator
 
     model, _, meta = load_folder(work)
     config = generator_config(model)

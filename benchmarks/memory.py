@@ -43,7 +43,7 @@ GENERATOR = "faces-utkface"
 
 def generator_tasks(spec: str) -> dict[str, list[str]]:
     """The class names of a bundled generator's tasks (from its config, without loading torch)."""
-    from mtlue_cli.hub import load_generator
+    from mtlue_cli.models.persistence import load_generator
 
     return load_generator(spec).model.tasks
 
@@ -196,8 +196,8 @@ def fit_child(root: str, labels: str, size: str, cache: str) -> None:
     import torch
 
     from mtlue_cli.config import DataConfig
-    from mtlue_cli.data import load_dataset
-    from mtlue_cli.engine import batch_indices, to_float
+    from mtlue_cli.data.dataset import load_dataset
+    from mtlue_cli.models.engine import batch_indices, to_float
 
     data = DataConfig(root=Path(root), labels=Path(labels), size=int(size), cache=cache, workers=os.cpu_count() or 1)
     dataset = load_dataset(data)

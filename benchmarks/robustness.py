@@ -24,11 +24,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from mtlue_cli.cli.options import parse_duration  # noqa: E402
-from mtlue_cli.config import VerifyConfig  # noqa: E402
-from mtlue_cli.verify import VerifyRequest, verify_folder  # noqa: E402
 from run import machine  # noqa: E402
 from strength import write_section  # noqa: E402
+
+from mtlue_cli.cli.options import parse_duration  # noqa: E402
+from mtlue_cli.config import VerifyConfig  # noqa: E402
+from mtlue_cli.verify.run import VerifyRequest, verify_folder  # noqa: E402
 
 WHAT = {  # what each defence does to the victim's images, in the table's words (defenses.py)
     "none": "trained on the files as written",

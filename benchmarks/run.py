@@ -34,22 +34,30 @@ import torch.nn.functional as F
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from mtlue_cli import __version__  # noqa: E402
-from mtlue_cli.classifiers import MTLClassifier  # noqa: E402
-from mtlue_cli.config import DataConfig, FitConfig, ProtectConfig, VerifyConfig, default_crop  # noqa: E402
-from mtlue_cli.data import load_dataset, split_indices  # noqa: E402
-from mtlue_cli.engine import (ClassifierTrainer, augment, resolve_device, seed_everything,  # noqa: E402
-                              to_float, train_classifier)
-from mtlue_cli.files import file_sha256  # noqa: E402
-from mtlue_cli.fit import fit_generator  # noqa: E402
-from mtlue_cli.generator import PerturbationGenerator  # noqa: E402
-from mtlue_cli.hub import LoadedGenerator, load_generator  # noqa: E402
-from mtlue_cli.images import open_image, to_working  # noqa: E402
-from mtlue_cli.labels import read_labels  # noqa: E402
-from mtlue_cli.losses import embedding_regulariser, sep_loss, tap_loss  # noqa: E402
-from mtlue_cli.protect import protect_dataset, resolve_workers  # noqa: E402
-from mtlue_cli.verify import verify  # noqa: E402
 from strength import write_section as replace_section  # noqa: E402  (benchmarks/ is the script's folder)
+
+from mtlue_cli import __version__  # noqa: E402
+from mtlue_cli.config import DataConfig, FitConfig, ProtectConfig, VerifyConfig, default_crop  # noqa: E402
+from mtlue_cli.data.dataset import load_dataset, split_indices  # noqa: E402
+from mtlue_cli.data.images import open_image, to_working  # noqa: E402
+from mtlue_cli.data.labels import read_labels  # noqa: E402
+from mtlue_cli.files import file_sha256  # noqa: E402
+from mtlue_cli.fit.loop import fit_generator  # noqa: E402
+from mtlue_cli.fit.losses import embedding_regulariser, sep_loss, tap_loss  # noqa: E402
+from mtlue_cli.models.classifiers import MTLClassifier  # noqa: E402
+from mtlue_cli.models.engine import (  # noqa: E402
+    ClassifierTrainer,
+    augment,
+    resolve_device,
+    seed_everything,
+    to_float,
+    train_classifier,
+)
+from mtlue_cli.models.generator import PerturbationGenerator  # noqa: E402
+from mtlue_cli.models.persistence import LoadedGenerator, load_generator  # noqa: E402
+from mtlue_cli.protect.protect import protect_dataset  # noqa: E402
+from mtlue_cli.protect.threads import resolve_workers  # noqa: E402
+from mtlue_cli.verify.run import verify  # noqa: E402
 
 RESULTS = HERE / "RESULTS.md"
 WORK = HERE / "_work"
@@ -203,7 +211,7 @@ ZLIB_DEFAULT: dict[str, Any] = {}  # Pillow's PNG default (zlib level 6, default
 @contextlib.contextmanager
 def protected_png(options: dict[str, Any]) -> Iterator[None]:
     """protect's PNG encoder options swapped for `options` (the benchmark compares encoder settings)."""
-    from mtlue_cli.images import PROTECTED_PNG
+    from mtlue_cli.data.images import PROTECTED_PNG
 
     kept = dict(PROTECTED_PNG)
     PROTECTED_PNG.clear()
@@ -242,10 +250,10 @@ def protect_steps(paths: list[Path], g: nn.Module) -> list[str]:
     """CPU ms per image of each step protect takes (encode.write_protected's, in its order), one thread (thread
     CPU time, so the machine's other load hardly counts), beside the ceiling's two, for protect's PNG encoder
     options and for zlib's default: where protect's time goes and the most it can reach."""
-    from mtlue_cli.encode import _read_back
-    from mtlue_cli.images import PROTECTED_PNG, protect_image, rows_of
+    from mtlue_cli.data.images import PROTECTED_PNG, protect_image, rows_of
     from mtlue_cli.metrics import linf, squared_error, ssim_sum
-    from mtlue_cli.protect import generator_threads
+    from mtlue_cli.protect.encode import _read_back
+    from mtlue_cli.protect.threads import generator_threads
 
     steps: dict[str, float] = {}
     size, epsilon, shipped = g.image_size, float(g.epsilon), dict(PROTECTED_PNG)
@@ -318,8 +326,8 @@ def protect_speed(loaded: LoadedGenerator, encoders: tuple[dict[str, Any], ...] 
     """protect on the whole shared UTKFace folder, read in place (its licence allows no copies in the repo, and
     read_labels refuses links that leave the image root), against decode + PNG encode of the same files with
     the same encoder options, once per encoder setting in `encoders` (default: protect's own)."""
-    from mtlue_cli.images import PROTECTED_PNG
-    from mtlue_cli.protect import generator_threads
+    from mtlue_cli.data.images import PROTECTED_PNG
+    from mtlue_cli.protect.threads import generator_threads
 
     g, size = loaded.model.eval(), loaded.model.image_size
     data = DataConfig(root=UTK / "images", labels=UTK / "labels.csv", size=size)
@@ -376,8 +384,8 @@ import json, shutil, sys
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
 from mtlue_cli.config import DataConfig, ProtectConfig
-from mtlue_cli.hub import load_generator
-from mtlue_cli.protect import protect_dataset
+from mtlue_cli.models.persistence import load_generator
+from mtlue_cli.protect.protect import protect_dataset
 root, out = Path(sys.argv[2]), Path(sys.argv[3])
 shutil.rmtree(out, ignore_errors=True)
 report = protect_dataset(load_generator(sys.argv[4]), DataConfig(root=root / "images", labels=root / "labels.csv"), out,
@@ -428,7 +436,7 @@ def protect_before_after(rev: str, rounds: int = 2) -> list[str]:
 
 def run_protect_speed(command: str, before: str | None = None) -> None:
     """`--only protect`: the protect lines alone, in a section of their own (minutes, not the speed suite's hour)."""
-    from mtlue_cli.images import PROTECTED_PNG
+    from mtlue_cli.data.images import PROTECTED_PNG
 
     load = os.getloadavg()[0]  # a shared machine: the other load at the start, for the reader
     lines = ["## Protect throughput against its ceiling", "", f"Load average at the start: {load:.1f}.", "",

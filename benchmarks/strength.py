@@ -64,12 +64,12 @@ def run_variant(name: str, fields: dict[str, Any], args: argparse.Namespace) -> 
 
     torch.set_num_threads(max(1, args.threads))
     from mtlue_cli.config import FIT_RECIPES, DataConfig, FitConfig, ProtectConfig, VerifyConfig, make_config
-    from mtlue_cli.data import held_out
-    from mtlue_cli.fitting import fit_folder
-    from mtlue_cli.labels import read_labels
-    from mtlue_cli.hub import load_generator
-    from mtlue_cli.protect import protect_dataset
-    from mtlue_cli.verify import verify
+    from mtlue_cli.data.dataset import held_out
+    from mtlue_cli.data.labels import read_labels
+    from mtlue_cli.fit.folder import fit_folder
+    from mtlue_cli.models.persistence import load_generator
+    from mtlue_cli.protect.protect import protect_dataset
+    from mtlue_cli.verify.run import verify
 
     work = Path(args.work) / name
     data_root = Path(args.data)

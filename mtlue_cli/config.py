@@ -233,7 +233,7 @@ class ProtectConfig:
     overwrite: bool = False
     strict: bool = False
     batch_size: int = 32
-    workers: int = 0  # decode/encode threads; 0: the cores this process may use (protect.resolve_workers)
+    workers: int = 0  # decode/encode threads; 0: the cores this process may use (protect.threads.resolve_workers)
     preview: int = 0
     holdout: float = 0.0  # fraction left out (the clean test split of `verify --test-split`)
     seed: int = 0

@@ -1,4 +1,4 @@
-"""Measures: image quality of written files (L-inf, PSNR, SSIM on 0-255 arrays), ROC-AUC, the majority baseline."""
+"""Measures: image quality of written files (L-inf, PSNR, SSIM on 0-255 arrays) and ROC-AUC (a task kind picks its score)."""
 
 from __future__ import annotations
 
@@ -98,17 +98,6 @@ def ssim(a: np.ndarray, b: np.ndarray, band: int = SSIM_BAND) -> float:
         s, n = ssim_sum(a[start:stop], b[start:stop], window)
         total, count = total + s, count + n
     return total / count
-
-
-def majority_baseline(train_labels: torch.Tensor, test_labels: torch.Tensor, num_classes: list[int]) -> list[float]:
-    """Accuracy on the test labels of always predicting each task's most frequent training class."""
-    import torch
-
-    out = []
-    for k, c in enumerate(num_classes):
-        majority = int(torch.bincount(train_labels[:, k], minlength=c).argmax())
-        out.append(float((test_labels[:, k] == majority).float().mean()))
-    return out
 
 
 def roc_auc(scores: torch.Tensor, positive: torch.Tensor) -> float:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mtlue_cli.labels import LabelTable
+from mtlue_cli.data.labels import LabelTable
 
 
 def write_text(path: Path, text: str, encoding: str = "utf-8") -> Path:

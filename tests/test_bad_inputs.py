@@ -48,14 +48,13 @@ from typing import Callable
 
 import pytest
 import torch
+from conftest import _make_image
 from PIL import Image
 from typer.testing import CliRunner
 
 from mtlue_cli.cli import app
-from mtlue_cli.generator import PerturbationGenerator
-from mtlue_cli.hub import save_generator
-
-from conftest import _make_image
+from mtlue_cli.models.generator import PerturbationGenerator
+from mtlue_cli.models.persistence import save_generator
 
 runner = CliRunner()
 ENV = {"COLUMNS": "1000"}
@@ -347,7 +346,7 @@ def case_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 def _fake_fit(dataset, cfg, out, on_event=None):
     """fit_generator stand-in: the matrix tests data loading and reporting; a real 1-epoch fit takes ~20 s on
     the shared 2-core box (one real fit runs in test_real_fit_on_unusual_images, marked slow)."""
-    from mtlue_cli.fit import FitResult
+    from mtlue_cli.fit.loop import FitResult
 
     assert dataset.images.shape[1:] == (3, 16, 16) and len(dataset) >= N_GOOD
     k = len(dataset.spec.names)
@@ -357,9 +356,9 @@ def _fake_fit(dataset, cfg, out, on_event=None):
 @pytest.mark.parametrize("case,command", _params())
 def test_bad_input_matrix(case: str, command: str, case_data: Callable, tmp_path: Path, generator_dir: Path,
                           protected_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import mtlue_cli.fit
+    import mtlue_cli.fit.loop
 
-    monkeypatch.setattr(mtlue_cli.fit, "fit_generator", _fake_fit)
+    monkeypatch.setattr(mtlue_cli.fit.loop, "fit_generator", _fake_fit)
     root, labels, bad = case_data(case)
     broken = bad is not None
     skip_bad = command.endswith("-skip-bad")

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from mtlue_cli.classifiers import ARCHS, MTLClassifier, predict, task_losses
+from mtlue_cli.models.classifiers import ARCHS, MTLClassifier, predict, task_losses
 
 NUM_CLASSES = [9, 5, 2]
 

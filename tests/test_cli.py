@@ -66,7 +66,7 @@ def test_fit_flags_reach_the_config(monkeypatch, tiny_csv_dataset, tmp_path):
         seen.update(cfg=cfg, out=out, n=len(dataset), size=dataset.size)
         raise SystemExit(0)
 
-    monkeypatch.setattr("mtlue_cli.fit.fit_generator", fake_fit)
+    monkeypatch.setattr("mtlue_cli.fit.loop.fit_generator", fake_fit)
     d = tiny_csv_dataset
     result = runner.invoke(app, ["fit", str(d.root), "--labels", str(d.labels), "--method", "sep", "--preset", "high",
                                  "--quick", "--epochs", "7", "--size", "16", "--lambda-inter", "50",
@@ -86,7 +86,7 @@ def test_default_fit_recipe_and_its_new_flags(monkeypatch, tiny_csv_dataset, tmp
         seen.setdefault("cfgs", []).append(cfg)
         raise SystemExit(0)
 
-    monkeypatch.setattr("mtlue_cli.fit.fit_generator", fake_fit)
+    monkeypatch.setattr("mtlue_cli.fit.loop.fit_generator", fake_fit)
     d = tiny_csv_dataset
     base = ["fit", str(d.root), "--labels", str(d.labels), "--device", "cpu", "-q"]
     assert runner.invoke(app, [*base, "--out", str(tmp_path / "a")]).exit_code == 0
@@ -124,7 +124,7 @@ def test_export_list_shows_the_bundled_alias():
 
 def test_torchrun_two_gloo_processes_write_one_generator(tmp_path):
     """issue #4: data-parallel fit on CPU with gloo and 2 processes gives a normal generator folder."""
-    from mtlue_cli.demo import make_shapes
+    from mtlue_cli.demo.shapes import make_shapes
 
     make_shapes(tmp_path / "data", n=16, size=16)
     out = tmp_path / "gen"
@@ -144,7 +144,7 @@ def test_torchrun_two_gloo_processes_write_one_generator(tmp_path):
 
 def test_protect_without_generator_fits_one_and_verify_reads_run_json(monkeypatch, tiny_csv_dataset, tmp_path):
     from mtlue_cli.config import FIT_RECIPES
-    from mtlue_cli.hub import load_generator
+    from mtlue_cli.models.persistence import load_generator
 
     # A quicker default recipe for the test: the real fit, protect and run.json, at 16 px.
     monkeypatch.setitem(FIT_RECIPES, "quick", dict(FIT_RECIPES["quick"], image_size=16, epochs=2, surrogate_epochs=1,
@@ -166,7 +166,7 @@ def test_protect_without_generator_fits_one_and_verify_reads_run_json(monkeypatc
     import importlib
 
     # mtlue_cli re-exports the function `verify`, which hides the module of that name from a dotted path.
-    monkeypatch.setattr(importlib.import_module("mtlue_cli.verify"), "verify", fake_verify)
+    monkeypatch.setattr(importlib.import_module("mtlue_cli.verify.run"), "verify", fake_verify)
     assert runner.invoke(app, ["verify", str(out), "-q"]).exit_code == 0
     assert seen["clean"].root == d.root.resolve() or seen["clean"].root == d.root
     assert seen["clean"].labels == d.labels and seen["protected"] == out
@@ -177,8 +177,8 @@ def test_protect_without_generator_fits_one_and_verify_reads_run_json(monkeypatc
 
 
 def test_protect_names_unlabelled_images_in_one_line(tiny_csv_dataset, make_image, tmp_path):
-    from mtlue_cli.generator import PerturbationGenerator
-    from mtlue_cli.hub import save_generator
+    from mtlue_cli.models.generator import PerturbationGenerator
+    from mtlue_cli.models.persistence import save_generator
 
     d = tiny_csv_dataset
     save_generator(PerturbationGenerator({k: list(v) for k, v in d.classes.items()}, image_size=16), tmp_path / "g")

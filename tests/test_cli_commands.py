@@ -14,10 +14,17 @@ import pytest
 from typer.testing import CliRunner
 
 from mtlue_cli.cli import app
-from mtlue_cli.config import (FIT_RECIPES, VERIFY_RECIPES, DataConfig, FitConfig, ProtectConfig, VerifyConfig,
-                              make_config)
-from mtlue_cli.protect import ProtectReport
-from mtlue_cli.verdict import TaskRow, VerifyReport
+from mtlue_cli.config import (
+    FIT_RECIPES,
+    VERIFY_RECIPES,
+    DataConfig,
+    FitConfig,
+    ProtectConfig,
+    VerifyConfig,
+    make_config,
+)
+from mtlue_cli.protect.protect import ProtectReport
+from mtlue_cli.verify.verdict import TaskRow, VerifyReport
 
 runner = CliRunner()
 ENV = {"COLUMNS": "300"}
@@ -39,7 +46,7 @@ def _forbid(monkeypatch: pytest.MonkeyPatch, *targets: str) -> None:
         raise AssertionError("the CLI must make one library call, not do its work")
 
     for target in targets:
-        # import the module first: until then `mtlue_cli.verify` is the package's lazy export (the function)
+        # import the module first: monkeypatch resolves a dotted path by attribute, which a lazy export may shadow
         importlib.import_module(target.rsplit(".", 1)[0])
         monkeypatch.setattr(target, forbidden)
 
@@ -62,12 +69,12 @@ def _fit_result() -> SimpleNamespace:
 
 
 def test_inspect_is_one_call_with_its_data_config(monkeypatch, tiny_csv_dataset) -> None:
-    from mtlue_cli.inspect import InspectReport
+    from mtlue_cli.data.inspect import InspectReport
 
     report = InspectReport(str(tiny_csv_dataset.root), "csv", None, 12, [], {"16x16": 12}, {"RGB": 12}, {}, [], 1000)
     call = Recorder(report)
-    monkeypatch.setattr("mtlue_cli.inspect.inspect_dataset", call)
-    _forbid(monkeypatch, "mtlue_cli.labels.read_labels")
+    monkeypatch.setattr("mtlue_cli.data.inspect.inspect_dataset", call)
+    _forbid(monkeypatch, "mtlue_cli.data.labels.read_labels")
     d = tiny_csv_dataset
     result = runner.invoke(app, ["inspect", str(d.root), "-l", str(d.labels), "--split", "all", "-q"], env=ENV)
     assert result.exit_code == 0, result.output
@@ -75,12 +82,12 @@ def test_inspect_is_one_call_with_its_data_config(monkeypatch, tiny_csv_dataset)
 
 
 def test_fit_is_one_call_with_the_recipe_the_library_chose(monkeypatch, tiny_csv_dataset, tmp_path) -> None:
-    from mtlue_cli.fitting import FitReport
+    from mtlue_cli.fit.folder import FitReport
 
     out = tmp_path / "gen"
     call = Recorder(FitReport(_fit_result(), out, ["gender", "age", "glasses"], 12))
-    monkeypatch.setattr("mtlue_cli.fitting.fit_folder", call)
-    _forbid(monkeypatch, "mtlue_cli.fit.fit_generator", "mtlue_cli.data.load_dataset")
+    monkeypatch.setattr("mtlue_cli.fit.folder.fit_folder", call)
+    _forbid(monkeypatch, "mtlue_cli.fit.loop.fit_generator", "mtlue_cli.data.dataset.load_dataset")
     d = tiny_csv_dataset
     result = runner.invoke(app, ["fit", str(d.root), "-l", str(d.labels), "--out", str(out), "--method", "sep",
                                  "--preset", "high", "--epochs", "7", "--size", "16", "--time-budget", "none",
@@ -96,8 +103,8 @@ def test_fit_is_one_call_with_the_recipe_the_library_chose(monkeypatch, tiny_csv
 def test_protect_is_one_call_and_its_report_gives_the_exit_code(monkeypatch, tiny_csv_dataset, tmp_path) -> None:
     out = tmp_path / "prot"
     call = Recorder(_protect_report(out))
-    monkeypatch.setattr("mtlue_cli.protect.protect_folder", call)
-    _forbid(monkeypatch, "mtlue_cli.protect.protect_dataset", "mtlue_cli.hub.load_generator")
+    monkeypatch.setattr("mtlue_cli.protect.protect.protect_folder", call)
+    _forbid(monkeypatch, "mtlue_cli.protect.protect.protect_dataset", "mtlue_cli.models.persistence.load_generator")
     d = tiny_csv_dataset
     base = ["protect", str(d.root), "-l", str(d.labels), "--out", str(out), "--device", "cpu", "-q", "--workers", "1"]
     result = runner.invoke(app, [*base, "-g", "demo-shapes", "--format", "webp", "--holdout", "0.2"], env=ENV)
@@ -121,12 +128,12 @@ def test_protect_is_one_call_and_its_report_gives_the_exit_code(monkeypatch, tin
 
 
 def test_verify_is_one_call_and_the_verdict_is_the_reports(monkeypatch, tmp_path) -> None:
-    from mtlue_cli.verify import VerifyRequest
+    from mtlue_cli.verify.run import VerifyRequest
 
     out = tmp_path / "prot"
     call = Recorder(_verify_report(0.41))
-    monkeypatch.setattr("mtlue_cli.verify.verify_folder", call)
-    _forbid(monkeypatch, "mtlue_cli.verify.verify", "mtlue_cli.outputs.read_run")
+    monkeypatch.setattr("mtlue_cli.verify.run.verify_folder", call)
+    _forbid(monkeypatch, "mtlue_cli.verify.run.verify", "mtlue_cli.protect.outputs.read_run")
     result = runner.invoke(app, ["verify", str(out), "--defense", "none,jpeg10", "--epochs", "3", "--device", "cpu",
                                  "--seed", "5", "--json", str(tmp_path / "r.json"), "-q"], env=ENV)
     assert result.exit_code == 0, result.output  # within majority + 5 points with no defence and after jpeg10
@@ -149,12 +156,12 @@ def test_verify_is_one_call_and_the_verdict_is_the_reports(monkeypatch, tmp_path
 
 
 def test_publish_is_one_call_with_its_config(monkeypatch, tmp_path) -> None:
-    from mtlue_cli.publish import PublishConfig, PublishReport
+    from mtlue_cli.hub.publish import PublishConfig, PublishReport
 
     report = PublishReport(out=tmp_path, folder=tmp_path / "up", repo_id="org/x", train_images=7, test_images=0, files=9,
                            bytes=1000, card=tmp_path / "up" / "README.md", license="mit", verified=False)
     call = Recorder(report)
-    monkeypatch.setattr("mtlue_cli.publish.publish_dataset", call)
+    monkeypatch.setattr("mtlue_cli.hub.publish.publish_dataset", call)
     result = runner.invoke(app, ["publish", str(tmp_path), "--to", "org/x", "--license", "mit", "--dry-run", "-q"], env=ENV)
     assert result.exit_code == 0, result.output
     assert call.calls == [((tmp_path, PublishConfig(repo_id="org/x", license="mit", dry_run=True), None), {})]
@@ -162,12 +169,12 @@ def test_publish_is_one_call_with_its_config(monkeypatch, tmp_path) -> None:
 
 
 def test_demo_is_one_call_and_exits_by_the_verdict(monkeypatch, tmp_path) -> None:
-    from mtlue_cli.demo import DemoReport
+    from mtlue_cli.demo.run import DemoReport
 
     call = Recorder(DemoReport(tmp_path / "data", tmp_path / "prot", _protect_report(tmp_path / "prot"),
                                _verify_report(0.6), "demo-shapes"))
-    monkeypatch.setattr("mtlue_cli.demo.run_demo", call)
-    _forbid(monkeypatch, "mtlue_cli.protect.protect_dataset", "mtlue_cli.verify.verify")
+    monkeypatch.setattr("mtlue_cli.demo.run.run_demo", call)
+    _forbid(monkeypatch, "mtlue_cli.protect.protect.protect_dataset", "mtlue_cli.verify.run.verify")
     result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--images", "40", "--device", "cpu", "-q"], env=ENV)
     assert result.exit_code == 4, result.output
     assert call.calls == [((tmp_path,), dict(generator="demo-shapes", images=40, epochs=12, device="cpu", seed=0, plot=True))]
@@ -176,12 +183,12 @@ def test_demo_is_one_call_and_exits_by_the_verdict(monkeypatch, tmp_path) -> Non
 
 
 def test_export_is_one_call_with_its_config(monkeypatch, tmp_path) -> None:
-    from mtlue_cli.export import ExportConfig, ExportReport
+    from mtlue_cli.hub.export import ExportConfig, ExportReport
 
     call = Recorder(ExportReport(tmp_path / "to"))
-    monkeypatch.setattr("mtlue_cli.export.export_and_push", call)
-    _forbid(monkeypatch, "mtlue_cli.hub.load_generator", "mtlue_cli.export.export_generator",
-            "mtlue_cli.export.push_generator")
+    monkeypatch.setattr("mtlue_cli.hub.export.export_and_push", call)
+    _forbid(monkeypatch, "mtlue_cli.models.persistence.load_generator", "mtlue_cli.hub.export.export_generator",
+            "mtlue_cli.hub.export.push_generator")
     result = runner.invoke(app, ["export", "demo-shapes", "--to", str(tmp_path / "to"), "--overwrite"], env=ENV)
     assert result.exit_code == 0, result.output
     assert call.calls == [((ExportConfig("demo-shapes", to=tmp_path / "to", overwrite=True),), {})]

@@ -9,8 +9,15 @@ from pathlib import Path
 import pytest
 
 from mtlue_cli import config
-from mtlue_cli.config import (FIT_RECIPES, VERIFY_RECIPES, DataConfig, FitConfig, ProtectConfig, VerifyConfig,
-                              make_config)
+from mtlue_cli.config import (
+    FIT_RECIPES,
+    VERIFY_RECIPES,
+    DataConfig,
+    FitConfig,
+    ProtectConfig,
+    VerifyConfig,
+    make_config,
+)
 from mtlue_cli.errors import ConfigError
 
 # (config class, bad fields, what the message must say: the flag, the value and the allowed values)
@@ -109,9 +116,10 @@ def test_every_allowed_value_and_every_recipe_builds() -> None:
 
 
 def test_allowed_values_have_one_home() -> None:
-    from mtlue_cli import classifiers, fit, generator, losses
+    from mtlue_cli.fit import losses, methods
+    from mtlue_cli.models import classifiers, generator
 
-    assert tuple(fit.METHODS) == config.METHODS
+    assert tuple(methods.METHODS) == config.METHODS
     assert classifiers.ARCHS is config.ARCHS and losses.BINARY_MODES is config.BINARY_MODES
     for stem in ("resnet", "imagenet2"):
         with pytest.raises(ValueError, match=", ".join(config.GENERATOR_STEMS)):
@@ -124,8 +132,8 @@ def test_allowed_values_have_one_home() -> None:
 @pytest.fixture
 def work(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """Counts of the work a run does: classifier steps (surrogates, EM, victims) and generator forward passes."""
-    from mtlue_cli.engine import ClassifierTrainer
-    from mtlue_cli.generator import PerturbationGenerator
+    from mtlue_cli.models.engine import ClassifierTrainer
+    from mtlue_cli.models.generator import PerturbationGenerator
 
     counts = {"classifier_steps": 0, "generator_passes": 0}
     step, forward = ClassifierTrainer.step, PerturbationGenerator.forward
@@ -155,7 +163,7 @@ QUICK = dict(image_size=16, crop=14, batch_size=6, epochs=1, surrogate_epochs=1,
 
 @pytest.mark.parametrize("bad", [b for c, b, _ in BAD if c is FitConfig], ids=lambda b: "-".join(b))
 def test_bad_fit_option_stops_before_any_training(tmp_path, work, bad) -> None:
-    from mtlue_cli.fit import fit_generator
+    from mtlue_cli.fit.loop import fit_generator
 
     dataset = _tiny_dataset()
     with pytest.raises(ConfigError):
@@ -171,7 +179,7 @@ def test_bad_fit_option_stops_before_any_training(tmp_path, work, bad) -> None:
     (dict(resume=True), 16, "--resume: no checkpoint"),
 ], ids=["size", "unprotected", "all-unprotected", "resume"])
 def test_options_that_need_the_dataset_fail_before_any_training(tmp_path, work, bad, size, message) -> None:
-    from mtlue_cli.fit import fit_generator
+    from mtlue_cli.fit.loop import fit_generator
 
     with pytest.raises(ConfigError, match=message):
         fit_generator(_tiny_dataset(size), FitConfig(**{**QUICK, **bad}), tmp_path / "gen")
@@ -180,7 +188,7 @@ def test_options_that_need_the_dataset_fail_before_any_training(tmp_path, work, 
 
 def test_the_counters_see_a_fit_train(tmp_path, work, one_thread) -> None:
     """The control for the tests above: a good config does reach the surrogate and the generator."""
-    from mtlue_cli.fit import fit_generator
+    from mtlue_cli.fit.loop import fit_generator
 
     fit_generator(_tiny_dataset(), FitConfig(**QUICK), tmp_path / "gen")
     assert work["classifier_steps"] >= 2 and work["generator_passes"] >= 2
@@ -188,8 +196,8 @@ def test_the_counters_see_a_fit_train(tmp_path, work, one_thread) -> None:
 
 @pytest.mark.parametrize("bad", [b for c, b, _ in BAD if c is ProtectConfig], ids=lambda b: "-".join(b))
 def test_bad_protect_option_stops_before_any_image_is_perturbed(tmp_path, work, tiny_csv_dataset, bad) -> None:
-    from mtlue_cli.hub import load_generator
-    from mtlue_cli.protect import protect_dataset
+    from mtlue_cli.models.persistence import load_generator
+    from mtlue_cli.protect.protect import protect_dataset
 
     loaded = load_generator("demo-shapes")
     with pytest.raises(ConfigError):
@@ -199,7 +207,7 @@ def test_bad_protect_option_stops_before_any_image_is_perturbed(tmp_path, work, 
 
 @pytest.mark.parametrize("bad", [b for c, b, _ in BAD if c is VerifyConfig], ids=lambda b: "-".join(b))
 def test_bad_verify_option_stops_before_any_victim_trains(tmp_path, work, tiny_csv_dataset, bad) -> None:
-    from mtlue_cli.verify import verify
+    from mtlue_cli.verify.run import verify
 
     with pytest.raises(ConfigError):
         verify(DataConfig(tiny_csv_dataset.root), tiny_csv_dataset.root, VerifyConfig(**bad))

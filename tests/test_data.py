@@ -1,16 +1,15 @@
-"""mtlue_cli.data: decoding into the cached tensor, --skip-bad, fingerprints, subsets and the seeded split."""
+"""mtlue_cli.data.dataset: decoding into the cached tensor, --skip-bad, fingerprints, subsets and the seeded split."""
 
 from __future__ import annotations
 
 import pytest
+from data_helpers import append_rows, with_bad_images, write_text  # noqa: F401 (with_bad_images: a fixture)
 from PIL import Image
 
-from data_helpers import append_rows, with_bad_images, write_text  # noqa: F401 (with_bad_images: a fixture)
 from mtlue_cli.config import DataConfig
-from mtlue_cli.data import load_dataset, split_indices
+from mtlue_cli.data.dataset import load_dataset, split_indices
+from mtlue_cli.data.labels import Record, read_labels
 from mtlue_cli.errors import DatasetError, problems_of
-from mtlue_cli.labels import Record, read_labels
-from mtlue_cli.metrics import majority_baseline
 
 # ----------------------------------------------------------------------------- bad images
 
@@ -136,20 +135,9 @@ def test_split_indices() -> None:
     assert split_indices(records, 1.0, seed=0) == ([], list(range(200)))
 
 
-def test_majority_baseline_hand_computed() -> None:
-    import torch
-
-    train = torch.tensor([[0, 2], [0, 2], [1, 1], [0, 2], [1, 0]])  # majorities: 0 (3/5), 2 (3/5)
-    test = torch.tensor([[0, 2], [0, 0], [0, 1], [1, 2]])
-    assert majority_baseline(train, test, [2, 3]) == [0.75, 0.5]
-    # Ties go to the lowest class index; classes absent from train still count in the vocabulary.
-    tied = torch.tensor([[1, 3], [0, 3]])
-    assert majority_baseline(tied, torch.tensor([[0, 3], [0, 0], [1, 3], [0, 1]]), [2, 4]) == [0.75, 0.5]
-
-
 def test_fit_and_verify_leave_unlabelled_images_out_in_one_line(tiny_csv_dataset, make_image) -> None:
     from mtlue_cli.config import DataConfig
-    from mtlue_cli.data import load_dataset
+    from mtlue_cli.data.dataset import load_dataset
 
     ds = tiny_csv_dataset
     for i in range(7):

@@ -3,9 +3,8 @@
 import pytest
 import torch
 
-from mtlue_cli.defenses import ALL, expand_defenses, prepare
 from mtlue_cli.errors import ConfigError
-
+from mtlue_cli.verify.defenses import ALL, expand_defenses, prepare
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -37,7 +36,7 @@ def test_prepare_applies_each_kind_where_the_attacker_would():
 
 
 def test_each_filter_changes_pixels_as_documented():
-    from mtlue_cli.defenses import parse_defense
+    from mtlue_cli.verify.defenses import parse_defense
 
     flat = torch.full((1, 3, 16, 16), 100, dtype=torch.uint8)
     salt = flat.clone()

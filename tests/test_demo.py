@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import mtlue_cli.verify
-from mtlue_cli.demo import run_demo
+import mtlue_cli.verify.run
+from mtlue_cli.demo.run import run_demo
 
 
 def test_demo_victims_train_a_fixed_number_of_epochs(tmp_path, monkeypatch):
@@ -13,7 +13,7 @@ def test_demo_victims_train_a_fixed_number_of_epochs(tmp_path, monkeypatch):
         seen["cfg"] = cfg
         return "report"
 
-    monkeypatch.setattr(mtlue_cli.verify, "verify", fake_verify)
+    monkeypatch.setattr(mtlue_cli.verify.run, "verify", fake_verify)
     report = run_demo(tmp_path / "demo", images=20, epochs=7, device="cpu")
     cfg = seen["cfg"]
     assert cfg.time_budget is None and cfg.epochs == 7  # no budget: a busy machine must not shorten the victims

@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from mtlue_cli.detect import detect
-
+from mtlue_cli.verify.detect import detect
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

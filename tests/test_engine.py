@@ -1,11 +1,18 @@
 import pytest
 import torch
 
-from mtlue_cli.classifiers import MTLClassifier
-from mtlue_cli.defenses import bit_depth, grayscale, parse_defense
-from mtlue_cli.engine import (ClassifierTrainer, augment, batch_indices, center_crop, pgd_attack, resolve_device,
-                              train_classifier)
 from mtlue_cli.errors import ConfigError
+from mtlue_cli.models.classifiers import MTLClassifier
+from mtlue_cli.models.engine import (
+    ClassifierTrainer,
+    augment,
+    batch_indices,
+    center_crop,
+    pgd_attack,
+    resolve_device,
+    train_classifier,
+)
+from mtlue_cli.verify.defenses import bit_depth, grayscale, parse_defense
 
 
 def test_augment_crops_each_sample_independently_and_keeps_gradients():
@@ -59,7 +66,7 @@ def test_trainer_learns_a_trivial_task(weighting):
 
 
 def test_save_atomic_replaces_the_file_and_leaves_no_temporary(tmp_path):
-    from mtlue_cli.engine import save_atomic
+    from mtlue_cli.models.engine import save_atomic
 
     path = tmp_path / "state.pt"
     save_atomic({"epoch": 1, "w": torch.ones(2)}, path)
@@ -97,7 +104,7 @@ def test_defenses_change_pixels_as_specified():
 
 
 def test_filter_defenses_remove_fine_detail_and_apply_at_test():
-    from mtlue_cli.defenses import applies_at_test
+    from mtlue_cli.verify.defenses import applies_at_test
 
     # The finest +-8/255 patterns on grey: a one-pixel checkerboard (blur and down-up resize flatten it)
     # and isolated spikes (a median removes them).
@@ -133,7 +140,7 @@ def test_roc_auc_hand_computed():
 
 
 def test_evaluate_auc_metric():
-    from mtlue_cli.engine import evaluate
+    from mtlue_cli.models.engine import evaluate
 
     torch.manual_seed(0)
     model = MTLClassifier([2, 3], stem="cifar", image_size=12)

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from mtlue_cli.config import FitConfig
-from mtlue_cli.data import MultiTaskImageDataset
+from mtlue_cli.data.dataset import MultiTaskImageDataset
+from mtlue_cli.data.labels import LabelTable, Record, TaskSpec
 from mtlue_cli.errors import ConfigError, Interrupted
-from mtlue_cli.fit import fit_generator
-from mtlue_cli.hub import load_generator
-from mtlue_cli.labels import LabelTable, Record, TaskSpec
+from mtlue_cli.fit.loop import fit_generator
+from mtlue_cli.models.persistence import load_generator
 
 SPEC = TaskSpec(("shape", "size"), (("a", "b", "c"), ("s", "l")))
 
@@ -87,10 +87,10 @@ def test_bad_options_are_usage_errors(tmp_path):
 
 def test_sep_computing_delta_once_matches_the_official_gradient():
     """§11/§14.1: δ once + losses summed over checkpoints + regularisers x n_ckpt has the official gradient."""
-    from mtlue_cli.classifiers import MTLClassifier
-    from mtlue_cli.fit import _sep_recompute
-    from mtlue_cli.generator import PerturbationGenerator
-    from mtlue_cli.losses import embedding_regulariser, sep_loss
+    from mtlue_cli.fit.loop import _sep_recompute
+    from mtlue_cli.fit.losses import embedding_regulariser, sep_loss
+    from mtlue_cli.models.classifiers import MTLClassifier
+    from mtlue_cli.models.generator import PerturbationGenerator
 
     torch.manual_seed(0)
     g = PerturbationGenerator(SPEC.to_dict(), image_size=16, epsilon=0.5)
@@ -125,7 +125,7 @@ def test_time_budget_bounds_the_schedule_and_each_epoch_reports_the_attack(tmp_p
 
 
 def test_the_time_budget_plan_follows_the_speed_until_the_first_lr_drop(tmp_path, monkeypatch):
-    import mtlue_cli.fit as fit_module
+    import mtlue_cli.fit.loop as fit_module
 
     # A fake clock: the first epoch takes 100 s (another job shared the CPU), every later one 10 s.
     clock, real_epoch = [0.0], fit_module._generator_epoch
@@ -165,8 +165,8 @@ def test_paired_surrogates_train_both(tmp_path):
 
 
 def test_method_rows_carry_every_difference_between_the_methods():
-    from mtlue_cli import surrogate
-    from mtlue_cli.fit import METHODS
+    from mtlue_cli.fit import surrogate
+    from mtlue_cli.fit.methods import METHODS
 
     em, tap, sep = METHODS["em"], METHODS["tap"], METHODS["sep"]
     assert (em.surrogates, tap.surrogates, sep.surrogates) == (surrogate.fresh, surrogate.final, surrogate.checkpoints)

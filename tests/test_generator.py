@@ -4,8 +4,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mtlue_cli.generator import PerturbationGenerator
-from mtlue_cli.losses import embedding_regulariser
+from mtlue_cli.fit.losses import embedding_regulariser
+from mtlue_cli.models.generator import PerturbationGenerator
 
 # Deliberately not in alphabetical order: config.json must keep it.
 TASKS = {"age": [f"a{i}" for i in range(4)], "race": ["r0", "r1", "r2"], "gender": ["female", "male"]}

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import mtlue_cli.hub as hub
+import mtlue_cli.models.persistence as hub
 from mtlue_cli.errors import ConfigError, WeightsError
-from mtlue_cli.export import export_generator
-from mtlue_cli.generator import PerturbationGenerator
-from mtlue_cli.hub import load_folder, load_generator, save_generator, validate_config
+from mtlue_cli.hub.export import export_generator
+from mtlue_cli.models.generator import PerturbationGenerator
+from mtlue_cli.models.persistence import load_folder, load_generator, save_generator, validate_config
 
 TASKS = {"shape": ["c", "a", "b"], "size": ["s", "l"]}  # deliberately not sorted
 REV = "0123456789abcdef0123456789abcdef01234567"
@@ -271,7 +271,7 @@ def test_export_refuses_non_empty_target(tmp_path: Path, gen_dir: Path) -> None:
 
 
 def test_export_and_push_loads_once_exports_once_and_pushes_the_folder(monkeypatch, tmp_path: Path) -> None:
-    import mtlue_cli.export as export
+    import mtlue_cli.hub.export as export
 
     loaded = object()
     calls: dict[str, list] = {"load": [], "export": [], "push": []}

@@ -1,4 +1,4 @@
-"""mtlue_cli.images: decoding upright, modes, 16-bit; δ onto the original in bands of rows."""
+"""mtlue_cli.data.images: decoding upright, modes, 16-bit; δ onto the original in bands of rows."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mtlue_cli.images import BAND_PIXELS, Decoded, band_rows, compose, open_image, protect_image, upsample
+from mtlue_cli.data.images import BAND_PIXELS, Decoded, band_rows, compose, open_image, protect_image, upsample
 
 
 def test_open_image_exif_rotation(tmp_path) -> None:
@@ -131,8 +131,8 @@ def test_band_rows_are_bounded_whatever_the_width() -> None:
 
 
 def test_measure_in_bands_matches_the_whole_image_measures() -> None:
-    from mtlue_cli.encode import measure
     from mtlue_cli.metrics import linf, psnr, ssim
+    from mtlue_cli.protect.encode import measure
 
     rng = np.random.default_rng(2)
     original = rng.integers(0, 256, (37, 29, 3), dtype=np.uint8)
@@ -179,8 +179,8 @@ def test_protected_png_is_lossless_and_measured_as_written(tmp_path) -> None:
     import hashlib
 
     from mtlue_cli.config import ProtectConfig
-    from mtlue_cli.encode import write_protected
-    from mtlue_cli.labels import Record
+    from mtlue_cli.data.labels import Record
+    from mtlue_cli.protect.encode import write_protected
 
     rng = np.random.default_rng(4)
     for mode, shape in (("RGB", (21, 30, 3)), ("L", (21, 30))):

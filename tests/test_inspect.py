@@ -1,4 +1,4 @@
-"""mtlue_cli.inspect and `mtlue inspect`: counts, flags, problems, the JSON, exit codes, one red error line."""
+"""mtlue_cli.data.inspect and `mtlue inspect`: counts, flags, problems, the JSON, exit codes, one red error line."""
 
 from __future__ import annotations
 
@@ -6,16 +6,15 @@ import json
 import subprocess
 import sys
 
+from data_helpers import append_rows, with_bad_images  # noqa: F401 (with_bad_images: a fixture)
 from PIL import Image
 from rich.console import Console
 from typer.testing import CliRunner
 
-from data_helpers import append_rows, with_bad_images  # noqa: F401 (with_bad_images: a fixture)
 from mtlue_cli.cli import app
 from mtlue_cli.cli import render as cli_module
 from mtlue_cli.config import LAYOUTS, DataConfig
-from mtlue_cli.inspect import InspectReport, inspect_dataset
-
+from mtlue_cli.data.inspect import InspectReport, inspect_dataset
 
 # ----------------------------------------------------------------------------- inspect
 
@@ -79,7 +78,7 @@ def test_cli_inspect_json(tiny_csv_dataset) -> None:
 
 
 def test_cli_inspect_builds_the_data_config(tiny_csv_dataset, monkeypatch) -> None:
-    import mtlue_cli.inspect as inspect_module
+    import mtlue_cli.data.inspect as inspect_module
 
     seen = []
     real = inspect_module.inspect_dataset

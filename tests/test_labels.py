@@ -1,4 +1,4 @@
-"""mtlue_cli.labels: the readers (CSV/TSV, folder tree, UTKFace names, CelebA), layout detection, validation."""
+"""mtlue_cli.data.labels: the readers (CSV/TSV, folder tree, UTKFace names, CelebA), layout detection, validation."""
 
 from __future__ import annotations
 
@@ -6,12 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
-
 from data_helpers import append_rows, labelled, one_problem, problem_set, write_text
+
 from mtlue_cli.config import DataConfig
-from mtlue_cli.data import load_dataset
-from mtlue_cli.errors import DatasetError
-from mtlue_cli.labels import (
+from mtlue_cli.data.dataset import load_dataset
+from mtlue_cli.data.labels import (
     TaskSpec,
     detect_layout,
     read_celeba,
@@ -22,7 +21,7 @@ from mtlue_cli.labels import (
     unlabelled_note,
     utk_age_bin,
 )
-
+from mtlue_cli.errors import DatasetError
 
 # ----------------------------------------------------------------------------- CSV reader
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from mtlue_cli.losses import (
+from mtlue_cli.fit.losses import (
     em_loss,
     embedding_regulariser,
     inter_task_er,

@@ -1,4 +1,4 @@
-"""mtlue_cli.outputs: the protected folder's format, written and read back in one place (and files.atomic_write)."""
+"""mtlue_cli.protect.outputs: the protected folder's format, written and read back in one place (and files.atomic_write)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from mtlue_cli import outputs
 from mtlue_cli.config import DataConfig, ProtectConfig
 from mtlue_cli.errors import ConfigError
 from mtlue_cli.files import atomic_write
-from mtlue_cli.outputs import FileResult
+from mtlue_cli.protect import outputs
+from mtlue_cli.protect.outputs import FileResult
 
 
 def test_output_names_keep_the_tree_and_separate_names_that_would_meet() -> None:

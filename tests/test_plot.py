@@ -5,8 +5,8 @@ import sys
 import pytest
 
 from mtlue_cli.errors import ConfigError
-from mtlue_cli.plot import INSTALL_HINT, figure, missing, plot_curves
-from mtlue_cli.verify import TaskRow, VerifyReport
+from mtlue_cli.verify.plot import INSTALL_HINT, figure, missing, plot_curves
+from mtlue_cli.verify.run import TaskRow, VerifyReport
 
 
 def report() -> VerifyReport:

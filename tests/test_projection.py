@@ -3,9 +3,8 @@
 import pytest
 import torch
 
-from mtlue_cli.detect import linear_probe
-from mtlue_cli.projection import fit_projection
-
+from mtlue_cli.verify.detect import linear_probe
+from mtlue_cli.verify.projection import fit_projection
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

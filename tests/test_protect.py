@@ -12,13 +12,13 @@ import torch
 from PIL import Image
 
 from mtlue_cli.config import DataConfig, ProtectConfig
-from mtlue_cli.data import split_indices
+from mtlue_cli.data.dataset import split_indices
+from mtlue_cli.data.images import Decoded, compose, open_image
+from mtlue_cli.data.labels import read_labels
 from mtlue_cli.errors import ConfigError, DatasetError
-from mtlue_cli.generator import PerturbationGenerator
-from mtlue_cli.hub import load_generator, save_generator
-from mtlue_cli.images import Decoded, compose, open_image
-from mtlue_cli.labels import read_labels
-from mtlue_cli.protect import protect_dataset
+from mtlue_cli.models.generator import PerturbationGenerator
+from mtlue_cli.models.persistence import load_generator, save_generator
+from mtlue_cli.protect.protect import protect_dataset
 
 TASKS = {"shape": ["a", "b", "c"], "size": ["s", "l"]}
 CFG = dict(device="cpu", workers=1, batch_size=4)
@@ -483,7 +483,7 @@ def test_preview_tiles_are_native_crops_a_person_can_judge(tmp_path: Path, loade
 
 
 def test_generator_gets_the_cores_the_workers_leave(monkeypatch: pytest.MonkeyPatch) -> None:
-    import mtlue_cli.protect as protect
+    import mtlue_cli.protect.threads as protect
 
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     monkeypatch.setattr(protect, "available_cores", lambda: 8)

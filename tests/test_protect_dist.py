@@ -13,11 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from mtlue_cli import outputs, shard
 from mtlue_cli.config import DataConfig, ProtectConfig
-from mtlue_cli.generator import PerturbationGenerator
-from mtlue_cli.hub import load_generator, save_generator
-from mtlue_cli.protect import available_cores, protect_dataset, resolve_workers
+from mtlue_cli.models.generator import PerturbationGenerator
+from mtlue_cli.models.persistence import load_generator, save_generator
+from mtlue_cli.protect import outputs, shard
+from mtlue_cli.protect.protect import protect_dataset
+from mtlue_cli.protect.threads import available_cores, resolve_workers
 
 TASKS = {"shape": ["a", "b", "c"], "size": ["s", "l"]}
 N, BATCH = 14, 2  # --holdout 0.25 (seed 0) keeps 11; 2 ranks take batches [0,1] [4,5] [8,9] and [2,3] [6,7] [10]

@@ -17,11 +17,11 @@ from typer.testing import CliRunner
 from mtlue_cli.cli import app
 from mtlue_cli.config import DataConfig, ProtectConfig
 from mtlue_cli.errors import MtlueError
-from mtlue_cli.generator import PerturbationGenerator
-from mtlue_cli.hub import load_generator, save_generator
-from mtlue_cli.protect import protect_dataset
-from mtlue_cli.publish import PublishConfig, PublishError, PublishRefused, publish_dataset
-from mtlue_cli.verify import TaskRow, VerifyReport
+from mtlue_cli.hub.publish import PublishConfig, PublishError, PublishRefused, publish_dataset
+from mtlue_cli.models.generator import PerturbationGenerator
+from mtlue_cli.models.persistence import load_generator, save_generator
+from mtlue_cli.protect.protect import protect_dataset
+from mtlue_cli.verify.run import TaskRow, VerifyReport
 
 TASKS = {"shape": ["a", "b", "c"], "size": ["1", "2"]}  # numeric class names: they load as integers
 N = 10
@@ -125,7 +125,7 @@ def test_verify_out_writes_verify_json_and_it_goes_into_the_card(out: Path, tmp_
               "weighting": "ew", "adv_train": False, "device": "cpu", "test": "seeded split 0.3"}
     report = VerifyReport(rows, ["none", "jpeg10"], 7, 3, {}, recipe, 5.0, seconds=1.0)  # shape: broken after jpeg10
     # the victims are not trained here: the library call returns a fixed report (the CLI is what is tested)
-    monkeypatch.setattr(importlib.import_module("mtlue_cli.verify"), "verify", lambda *a, **k: report)
+    monkeypatch.setattr(importlib.import_module("mtlue_cli.verify.run"), "verify", lambda *a, **k: report)
     assert CliRunner().invoke(app, ["verify", str(out), "-q"]).exit_code == 4
     assert json.loads((out / "verify.json").read_text())["broken_by"] == {"jpeg10": ["shape"]}
     built = _dry(out, tmp_path)
@@ -241,7 +241,7 @@ def test_cli_dry_run_and_exit_codes(out: Path, tmp_path: Path) -> None:
 
 
 def test_the_upload_folder_replaces_a_stale_file_whole(tmp_path: Path) -> None:
-    from mtlue_cli.imagefolder import link_or_copy
+    from mtlue_cli.hub.imagefolder import link_or_copy
 
     src, dst = tmp_path / "a.png", tmp_path / "up" / "train" / "a.png"
     src.write_bytes(b"protected")
@@ -253,7 +253,7 @@ def test_the_upload_folder_replaces_a_stale_file_whole(tmp_path: Path) -> None:
 
 
 def test_the_card_gives_no_verdict_where_the_originals_were_not_learnt() -> None:
-    from mtlue_cli.dataset_card import _verify_section
+    from mtlue_cli.hub.dataset_card import _verify_section
 
     rows = [TaskRow("shape", 0.4, 0.42, 0.42, 0.38, 0.4, 1.0, {"none": 0.38})]  # the clean victim at the baseline too
     report = VerifyReport(rows, ["none"], 7, 3, {}, {"victim": "resnet18", "epochs": 1, "res": 64}, 5.0)

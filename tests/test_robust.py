@@ -2,11 +2,11 @@ import pytest
 import torch
 
 from mtlue_cli.config import SQUEEZES, FitConfig
-from mtlue_cli.defenses import bit_depth as bdr_uint8
-from mtlue_cli.defenses import grayscale as gray_uint8
 from mtlue_cli.errors import ConfigError
-from mtlue_cli.generator import PerturbationGenerator
-from mtlue_cli.robust import bit_depth, grayscale, jpeg, random_squeeze, resize_blur
+from mtlue_cli.fit.squeezes import bit_depth, grayscale, jpeg, random_squeeze, resize_blur
+from mtlue_cli.models.generator import PerturbationGenerator
+from mtlue_cli.verify.defenses import bit_depth as bdr_uint8
+from mtlue_cli.verify.defenses import grayscale as gray_uint8
 
 TASKS = {"age": ["0", "1", "2"], "sex": ["f", "m"]}
 

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-import mtlue_cli.hub as hub
+import mtlue_cli.models.persistence as hub
 from mtlue_cli.config import DataConfig, FitConfig, ProtectConfig
-from mtlue_cli.data import load_dataset
+from mtlue_cli.data.dataset import load_dataset
 from mtlue_cli.errors import DatasetError
-from mtlue_cli.export import export_generator
-from mtlue_cli.fit import fit_generator
-from mtlue_cli.hub import load_generator
-from mtlue_cli.protect import protect_dataset
+from mtlue_cli.fit.loop import fit_generator
+from mtlue_cli.hub.export import export_generator
+from mtlue_cli.models.persistence import load_generator
+from mtlue_cli.protect.protect import protect_dataset
 
 REV = "fedcba9876543210fedcba9876543210fedcba98"
 
@@ -58,8 +58,8 @@ def test_fit_export_and_every_way_of_loading_protect_identically(tiny_csv_datase
 
 
 def test_vocabulary_mismatch_names_the_value(tiny_csv_dataset, tmp_path):
-    from mtlue_cli.generator import PerturbationGenerator
-    from mtlue_cli.hub import save_generator
+    from mtlue_cli.models.generator import PerturbationGenerator
+    from mtlue_cli.models.persistence import save_generator
 
     d = tiny_csv_dataset
     tasks = {"gender": ["female", "male"], "age": ["2", "9"], "glasses": ["no", "yes"]}  # no age "10"

@@ -11,11 +11,11 @@ from typer.testing import CliRunner
 
 from mtlue_cli.cli import app
 from mtlue_cli.config import DataConfig, VerifyConfig, victim_res
-from mtlue_cli.data import split_indices
-from mtlue_cli.defenses import ALL, expand_defenses
+from mtlue_cli.data.dataset import split_indices
+from mtlue_cli.data.labels import read_labels
 from mtlue_cli.errors import ConfigError
-from mtlue_cli.labels import read_labels
-from mtlue_cli.verify import TaskRow, VerifyReport, judge, verify
+from mtlue_cli.verify.defenses import ALL, expand_defenses
+from mtlue_cli.verify.run import TaskRow, VerifyReport, judge, verify
 
 N, SIZE = 96, 16
 
@@ -136,8 +136,8 @@ def test_time_budget_picks_the_epochs(sets):
 
 
 def test_cache_key_separates_adversarial_clean_victims(sets):
-    from mtlue_cli.data import load_dataset
-    from mtlue_cli.verify import _cache_key
+    from mtlue_cli.data.dataset import load_dataset
+    from mtlue_cli.verify.run import _cache_key
 
     clean, _, _ = sets
     ds = load_dataset(data(clean))
@@ -223,9 +223,9 @@ class TinyVictim(torch.nn.Module):
 
 @pytest.fixture()
 def tiny_victim(monkeypatch, one_thread):
-    import mtlue_cli.classifiers
+    import mtlue_cli.models.classifiers
 
-    monkeypatch.setattr(mtlue_cli.classifiers, "MTLClassifier", TinyVictim)
+    monkeypatch.setattr(mtlue_cli.models.classifiers, "MTLClassifier", TinyVictim)
 
 
 TINY = dataclasses.replace(CFG, epochs=2)
@@ -256,7 +256,7 @@ def test_profile_adaptive_defences_detect_and_plot(sets, tiny_victim, tmp_path):
 
 
 def test_planning_counts_every_victim():
-    from mtlue_cli.verify import count_victims, plan_epochs
+    from mtlue_cli.verify.run import count_victims, plan_epochs
 
     assert count_victims(len(ALL)) == 18  # --defense all: clean- and protected-trained under nine defences
     assert count_victims(4, stl_tasks=3) == 14
@@ -294,7 +294,7 @@ def test_cli_passes_defense_all_detect_and_plot_to_the_library(sets, monkeypatch
         seen["cfg"] = cfg
         raise SystemExit(0)
 
-    monkeypatch.setattr(importlib.import_module("mtlue_cli.verify"), "verify", fake_verify)
+    monkeypatch.setattr(importlib.import_module("mtlue_cli.verify.run"), "verify", fake_verify)
     result = CliRunner().invoke(app, ["verify", "--clean", str(clean), "--protected", str(prot), "--labels",
                                       str(clean / "labels.csv"), "--test-split", "0.25", "-q", "--defense", "all",
                                       "--detect", "--plot", str(tmp_path / "c.png")])

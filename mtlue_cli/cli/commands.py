@@ -12,11 +12,40 @@ from typing import Annotated, Optional
 
 import typer
 
-from mtlue_cli.cli.options import (AmpOpt, DataArg, DebugOpt, DeviceOpt, LabelOptions, LabelsOpt, QuietOpt, ReadOptions,
-                                   SeedOpt, SkipBadOpt, TasksOpt, WorkersOpt, app, names, option_groups, parse_duration,
-                                   parse_epsilon)
-from mtlue_cli.cli.render import (Renderer, console, errors, out_console, rank0_talks, render_aliases, render_export,
-                                  render_fit, render_inspect, render_protect, render_publish, render_recipe, render_verify)
+from mtlue_cli.cli.options import (
+    AmpOpt,
+    DataArg,
+    DebugOpt,
+    DeviceOpt,
+    LabelOptions,
+    LabelsOpt,
+    QuietOpt,
+    ReadOptions,
+    SeedOpt,
+    SkipBadOpt,
+    TasksOpt,
+    WorkersOpt,
+    app,
+    names,
+    option_groups,
+    parse_duration,
+    parse_epsilon,
+)
+from mtlue_cli.cli.render import (
+    Renderer,
+    console,
+    errors,
+    out_console,
+    rank0_talks,
+    render_aliases,
+    render_export,
+    render_fit,
+    render_inspect,
+    render_protect,
+    render_publish,
+    render_recipe,
+    render_verify,
+)
 from mtlue_cli.config import EPSILON_PRESETS, SQUEEZES, VERIFY_RECIPES, ProtectConfig, VerifyConfig, make_config
 from mtlue_cli.errors import ConfigError
 from mtlue_cli.files import write_text
@@ -39,7 +68,7 @@ def inspect(
 ) -> None:
     """Dry run: tasks, classes, counts, image modes and problems, before any training."""
     with errors(debug):
-        from mtlue_cli.inspect import inspect_dataset
+        from mtlue_cli.data.inspect import inspect_dataset
 
         cfg = read.data_config(data, labels, False, workers)
         with Renderer(quiet or json_out) as render:
@@ -105,7 +134,7 @@ def fit(
     """Train a protection generator on your labelled images (EM, TAP or SEP + the MTL-UE regularisers)."""
     quiet = rank0_talks(quiet)
     with errors(debug):
-        from mtlue_cli.fitting import fit_config, fit_folder
+        from mtlue_cli.fit.folder import fit_config, fit_folder
 
         if preset not in EPSILON_PRESETS:
             raise ConfigError(f"--preset must be one of {', '.join(EPSILON_PRESETS)}")
@@ -171,7 +200,7 @@ def protect(
     """Write a protected copy of every labelled image (originals are never modified)."""
     quiet = rank0_talks(quiet)
     with errors(debug):
-        from mtlue_cli.protect import protect_folder
+        from mtlue_cli.protect.protect import protect_folder
 
         cfg = ProtectConfig(format=format, quality=quality, metadata=metadata, tag_no_ai=tag_no_ai, resume=resume,
                             overwrite=overwrite, strict=strict, batch_size=batch_size, workers=workers, preview=preview,
@@ -179,7 +208,7 @@ def protect(
         data_cfg = read.data_config(data, labels, skip_bad, workers)
         fit_cfg = None
         if generator is None:
-            from mtlue_cli.fitting import fit_config
+            from mtlue_cli.fit.folder import fit_config
 
             name, fit_cfg = fit_config(device=device, seed=seed, amp=amp,
                                        time_budget=parse_duration(time_budget) if time_budget else None)
@@ -239,7 +268,7 @@ def verify(
 ) -> None:
     """Train quick victims on the protected files as written and on the originals; test both on clean images."""
     with errors(debug):
-        from mtlue_cli.verify import VerifyRequest, verify_folder
+        from mtlue_cli.verify.run import VerifyRequest, verify_folder
 
         if recipe not in VERIFY_RECIPES:
             raise ConfigError(f"--recipe must be one of {', '.join(VERIFY_RECIPES)}")
@@ -286,11 +315,11 @@ def export(
     """Save a generator as a self-contained folder with a model card, or publish it on the Hugging Face Hub."""
     with errors(debug):
         if list_aliases:
-            from mtlue_cli.hub import registry
+            from mtlue_cli.models.persistence import registry
 
             render_aliases(registry())
             return
-        from mtlue_cli.export import ExportConfig, export_and_push
+        from mtlue_cli.hub.export import ExportConfig, export_and_push
 
         cfg = ExportConfig(generator=generator or "", to=to, verify_report=verify_report, push=push, private=private,
                            revision=revision, overwrite=overwrite)
@@ -325,7 +354,7 @@ def publish(
 ) -> None:
     """Publish a protected folder as a Hugging Face dataset, with a dataset card that says what was done."""
     with errors(debug):
-        from mtlue_cli.publish import PublishConfig, publish_dataset
+        from mtlue_cli.hub.publish import PublishConfig, publish_dataset
 
         cfg = PublishConfig(repo_id=to, license=license_, private=private, revision=revision,
                             include_clean_test=include_clean_test, allow_failed=allow_failed, dry_run=dry_run)
@@ -353,7 +382,7 @@ def demo(
     Exit code 0 when the protection holds for every task with and without each squeeze, 4 when it does not, 5 when the
     victim trained on the originals did not learn some task (no verdict)."""
     with errors(debug):
-        from mtlue_cli.demo import run_demo
+        from mtlue_cli.demo.run import run_demo
 
         with Renderer(quiet) as render:
             report = run_demo(out, generator=generator, images=images, epochs=epochs, device=device, seed=seed,

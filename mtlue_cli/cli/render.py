@@ -39,8 +39,15 @@ class Renderer:
 
     def __enter__(self) -> Renderer:
         if not self.quiet:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self.progress = Progress(
                 SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn(),
@@ -294,7 +301,7 @@ def render_verify(report: Any) -> None:
 
 
 def _render_verdict(report: Any, extra: list[str]) -> None:
-    from mtlue_cli.verdict import broken_text
+    from mtlue_cli.verify.verdict import broken_text
 
     if report.effective:
         console.print(f"[bold green]protection effective[/]: every task stays within {report.threshold:g} points of its "

@@ -15,12 +15,12 @@ import shutil
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from mtlue_cli import outputs
-from mtlue_cli.dataset_card import MANIFEST_COPY
 from mtlue_cli.errors import ConfigError, FileProblem, PublishRefused
 from mtlue_cli.events import OnEvent
 from mtlue_cli.files import atomic_write, write_text
-from mtlue_cli.publish_checks import refuse
+from mtlue_cli.hub.dataset_card import MANIFEST_COPY
+from mtlue_cli.hub.publish_checks import refuse
+from mtlue_cli.protect import outputs
 
 CARD, METADATA = "README.md", "metadata.csv"
 
@@ -91,8 +91,8 @@ def link_or_copy(src: Path, dst: Path) -> None:
 def clean_test(run: outputs.RunRecord, tasks: list[str], folder: Path, on_event: OnEvent) -> list[list[str]]:
     """test/: the held-out originals, decoded upright as `protect` sees them and saved as lossless PNG with
     no metadata (EXIF, GPS), labels from the original labels file. These images are NOT protected."""
-    from mtlue_cli.images import decode, no_ai_pnginfo, save_image
-    from mtlue_cli.labels import read_labels
+    from mtlue_cli.data.images import decode, no_ai_pnginfo, save_image
+    from mtlue_cli.data.labels import read_labels
 
     held = run.held_out
     if not held:

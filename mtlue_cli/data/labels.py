@@ -1,5 +1,5 @@
-"""Multi-task labels: the task vocabularies and one reader per layout owners have (CSV/TSV, folder tree,
-UTKFace file names, CelebA attribute file), all returning the same `LabelTable`, with per-row validation.
+"""Multi-task labels: one reader per layout owners have (CSV/TSV, folder tree, UTKFace file names, CelebA
+attribute file), all returning the same `LabelTable` (data.tasks), with per-row validation.
 """
 
 from __future__ import annotations
@@ -8,13 +8,13 @@ import csv
 import io
 import re
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterable
 
 from mtlue_cli.config import DataConfig
-from mtlue_cli.errors import DatasetError, FileProblem, examples
-from mtlue_cli.images import safe_path, scan_images
+from mtlue_cli.data.images import safe_path, scan_images
+from mtlue_cli.data.tasks import UNLABELLED, LabelTable, Record, TaskSpec, unlabelled_note  # noqa: F401 (re-exported)
+from mtlue_cli.errors import DatasetError, FileProblem
 
 # UTKFace age bins of the paper (method-spec §7): [0-2], [3-9], [10-19], ..., [60-69], [70+].
 UTK_AGE_EDGES = (3, 10, 20, 30, 40, 50, 60, 70)
@@ -27,75 +27,6 @@ UTK_CLASS_NAMES = {
 }
 UTK_NAME = re.compile(r"^(\d+)_(\d+)_(\d+)_")
 LABEL_FILE_NAMES = ("labels.csv", "labels.tsv", "metadata.csv")
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """Task names and class vocabularies (as the user wrote them; index = position)."""
-
-    names: tuple[str, ...]
-    classes: tuple[tuple[str, ...], ...]
-
-    def __post_init__(self) -> None:
-        if len(self.names) != len(self.classes):
-            raise ValueError("one class list per task")
-
-    @property
-    def num_classes(self) -> list[int]:
-        return [len(c) for c in self.classes]
-
-    @property
-    def binary(self) -> tuple[bool, ...]:
-        """Binary tasks get one logit and BCE (method-spec §3.2); the rest get CE."""
-        return tuple(len(c) == 2 for c in self.classes)
-
-    def to_dict(self) -> dict[str, list[str]]:
-        return {name: list(cls) for name, cls in zip(self.names, self.classes)}
-
-    @classmethod
-    def from_dict(cls, tasks: dict[str, list[str]]) -> TaskSpec:
-        return cls(tuple(tasks), tuple(tuple(str(c) for c in v) for v in tasks.values()))
-
-
-@dataclass(frozen=True)
-class Record:
-    """One labelled image: a POSIX path relative to the root, class indices, labels-file row."""
-
-    path: str
-    labels: tuple[int, ...]
-    row: int | None = None
-
-
-@dataclass
-class LabelTable:
-    """What every reader returns."""
-
-    root: Path
-    spec: TaskSpec
-    records: list[Record]
-    layout: str
-    labels_file: Path | None = None
-    path_column: str = "path"
-    problems: list[FileProblem] = field(default_factory=list)
-
-    @property
-    def unlabelled(self) -> list[str]:
-        """Images under the root that no label row names (CSV layouts): left out of training, never protected."""
-        return [p.path for p in self.problems if p.reason == UNLABELLED]
-
-    @property
-    def bad(self) -> list[FileProblem]:
-        """The label rows that cannot be used (missing file, unknown class, duplicate...)."""
-        return [p for p in self.problems if p.reason != UNLABELLED]
-
-
-UNLABELLED = "image has no label row; add one or move the file out of the root"
-
-
-def unlabelled_note(table: LabelTable) -> str:
-    """One line for the images without a label row, however many there are."""
-    paths = table.unlabelled
-    return f"{len(paths)} image(s) in {table.root} have no label row (e.g. {examples(paths)})"
 
 
 def _check_exists(root: Path, rel: str, row: int | None) -> None:

@@ -16,10 +16,11 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn as nn
 
-from mtlue_cli.classifiers import predict, task_losses
+from mtlue_cli.data.kinds import kinds_of
 from mtlue_cli.errors import ConfigError
 from mtlue_cli.events import OnEvent, noop
 from mtlue_cli.files import atomic_write
+from mtlue_cli.models.classifiers import predict, task_losses
 
 # ----------------------------------------------------------------------------- run plumbing
 
@@ -342,8 +343,6 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_c
              device: torch.device, batch_size: int = 256, amp: str = "auto", metric: str = "acc") -> list[float]:
     """Per-task top-1 accuracy (`metric` "acc") or ROC-AUC ("auc": macro one-vs-rest for multi-class) on centre
     crops (§6.3, §6.4)."""
-    from mtlue_cli.metrics import roc_auc
-
     model.eval()
     correct = torch.zeros(len(num_classes))
     scores: list[list[torch.Tensor]] = [[] for _ in num_classes]
@@ -358,13 +357,4 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_c
                 scores[k].append(t.cpu())
     if metric == "acc":
         return (correct / max(len(images), 1)).tolist()
-    out = []
-    for k, c in enumerate(num_classes):
-        s = torch.cat(scores[k])
-        if c == 2:
-            out.append(roc_auc(s[:, 0], labels[:, k] == 1))
-        else:
-            per_class = [roc_auc(s[:, j], labels[:, k] == j) for j in range(c)]
-            valid = [a for a in per_class if a == a]
-            out.append(sum(valid) / len(valid) if valid else float("nan"))
-    return out
+    return [kind.auc(torch.cat(scores[k]), labels[:, k]) for k, kind in enumerate(kinds_of(num_classes))]

@@ -11,8 +11,8 @@ from pathlib import Path
 from mtlue_cli.errors import ConfigError, WeightsError
 from mtlue_cli.events import OnEvent, log, noop
 from mtlue_cli.files import copy_file, write_text
-from mtlue_cli.hub import CARD, CONFIG, RECORD, WEIGHTS, LoadedGenerator, load_generator, upload_errors
-from mtlue_cli.model_card import model_card
+from mtlue_cli.models.card import model_card
+from mtlue_cli.models.persistence import CARD, CONFIG, RECORD, WEIGHTS, LoadedGenerator, load_generator, upload_errors
 
 VERIFY_RESULT = "verify.json"
 

@@ -11,15 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from mtlue_cli.config import FIT_RECIPES, DataConfig, FitConfig, make_config
-from mtlue_cli.data import load_dataset
+from mtlue_cli.data.dataset import load_dataset
+from mtlue_cli.data.labels import LabelTable
 from mtlue_cli.errors import ConfigError, FileProblem
 from mtlue_cli.events import OnEvent
-from mtlue_cli.labels import LabelTable
 
 
 def default_recipe(device: str = "auto") -> str:
     """The recipe `auto` stands for: `strong` where a CUDA GPU will run the fit, `quick` elsewhere."""
-    from mtlue_cli.engine import resolve_device
+    from mtlue_cli.models.engine import resolve_device
 
     return "strong" if resolve_device(device).type == "cuda" else "quick"
 
@@ -47,8 +47,8 @@ def fit_folder(data: DataConfig, cfg: FitConfig, out: Path, on_event: OnEvent | 
                table: LabelTable | None = None, exclude: set[str] | None = None, replace: bool = False) -> FitReport:
     """Decode `data` at the generator's working size (`cfg.image_size`), leave out the `exclude` paths, fit
     and write the generator to `out`. `out` may hold a generator only with cfg.resume or `replace`."""
-    from mtlue_cli.fit import fit_generator
-    from mtlue_cli.hub import WEIGHTS
+    from mtlue_cli.fit.loop import fit_generator
+    from mtlue_cli.models.persistence import WEIGHTS
 
     out = Path(out)
     if (out / WEIGHTS).exists() and not (cfg.resume or replace):

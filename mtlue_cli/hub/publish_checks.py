@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mtlue_cli import outputs
 from mtlue_cli.errors import ConfigError, FileProblem, PublishRefused, examples
 from mtlue_cli.events import OnEvent, noop
 from mtlue_cli.files import file_sha256
-from mtlue_cli.outputs import LABELS, MANIFEST, RUN
+from mtlue_cli.protect import outputs
+from mtlue_cli.protect.outputs import LABELS, MANIFEST, RUN
 
 RESERVED_COLUMNS = ("file_name", "image")  # imagefolder's own columns
 
@@ -33,7 +33,7 @@ def refuse(what: str, problems: list[FileProblem], todo: str) -> PublishRefused:
 
 def check_folder(out: Path, allow_failed: bool = False, on_event: OnEvent | None = None) -> CheckedFolder:
     """Everything `publish` refuses, before anything is written. Raises PublishRefused."""
-    from mtlue_cli.images import safe_path, scan_images
+    from mtlue_cli.data.images import safe_path, scan_images
 
     on_event = on_event or noop
     out = Path(out)

@@ -8,7 +8,7 @@ import math
 from typing import Any
 
 from mtlue_cli.errors import FileProblem
-from mtlue_cli.verdict import broken_text
+from mtlue_cli.verify.verdict import broken_text
 
 MANIFEST_COPY, RUN_COPY, VERIFY_COPY = "mtlue-manifest.jsonl", "mtlue-run.json", "mtlue-verify.json"
 

@@ -35,12 +35,18 @@ def grayscale(x: torch.Tensor) -> torch.Tensor:
     return TF.rgb_to_grayscale(x, num_output_channels=3)
 
 
+def jpeg_uint8(images: torch.Tensor, quality: int) -> torch.Tensor:
+    """Real JPEG encode + decode at `quality` (torchvision, CPU); uint8 (N,C,H,W) -> uint8 (N,C,H,W).
+    The victim-time defence (verify.defenses) applies the same function."""
+    from torchvision.transforms.v2 import functional as TF
+
+    return torch.stack([TF.jpeg(img, quality) for img in images])
+
+
 def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
     """Real JPEG at `quality` (via torchvision, on the CPU), straight-through gradient."""
-    from mtlue_cli.defenses import jpeg as jpeg_uint8
-
     as_uint8 = (x.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-    decoded = jpeg_uint8(quality)(as_uint8).to(x.device, x.dtype) / 255
+    decoded = jpeg_uint8(as_uint8, quality).to(x.device, x.dtype) / 255
     return straight_through(x, decoded)
 
 

@@ -7,28 +7,27 @@ One file's work (δ onto the original, in bands of rows; encode; measure) is in 
 
 from __future__ import annotations
 
-import os
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
-from mtlue_cli import outputs, shard
 from mtlue_cli.config import DataConfig, FitConfig, ProtectConfig
-from mtlue_cli.data import held_out, split_indices
-from mtlue_cli.encode import write_preview, write_protected
+from mtlue_cli.data.dataset import held_out, split_indices
+from mtlue_cli.data.images import EXTENSIONS, Decoded, decode, to_working
+from mtlue_cli.data.labels import UNLABELLED, LabelTable, Record, read_labels
 from mtlue_cli.errors import ConfigError, DatasetError, FileProblem, ProtectFailed, examples, raise_problems
 from mtlue_cli.events import OnEvent, log, noop
 from mtlue_cli.files import file_sha256
-from mtlue_cli.hub import LoadedGenerator
-from mtlue_cli.images import EXTENSIONS, Decoded, decode, to_working
-from mtlue_cli.labels import UNLABELLED, LabelTable, Record, read_labels
-from mtlue_cli.outputs import FileResult
+from mtlue_cli.models.persistence import LoadedGenerator
+from mtlue_cli.protect import outputs, shard
+from mtlue_cli.protect.encode import write_preview, write_protected
+from mtlue_cli.protect.outputs import FileResult
+from mtlue_cli.protect.threads import generator_threads, resolve_workers
 
 
 @dataclass
@@ -90,43 +89,6 @@ def _label_remap(table: LabelTable, tasks: dict[str, list[str]]) -> tuple[list[t
     return remap, missing
 
 
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity where the OS says, else all of them)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
-def _my_cores() -> int:
-    """The cores this process may use, shared by the torchrun processes of this node."""
-    return max(1, available_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
-
-
-def resolve_workers(cfg: ProtectConfig) -> int:
-    """--workers, or (0) the cores this process may use."""
-    return cfg.workers if cfg.workers > 0 else _my_cores()
-
-
-@contextmanager
-def generator_threads(device: Any, workers: int) -> Iterator[int]:
-    """On a CPU, torch's intra-op threads for the generator while protect's worker threads run: the cores those
-    leave, at least one. OpenMP threads that share their cores with busy workers wait on each other at every
-    barrier (on a busy 2-core machine, 2 generator threads beside 2 workers ran protect 5x slower than 1).
-    Other devices: unchanged."""
-    import torch
-
-    before = torch.get_num_threads()
-    if device.type != "cpu":
-        yield before
-        return
-    torch.set_num_threads(max(1, min(before, _my_cores() - workers)))
-    try:
-        yield torch.get_num_threads()
-    finally:
-        torch.set_num_threads(before)
-
-
 def _check_inputs(table: LabelTable, data: DataConfig) -> None:
     """Stop before any work on images without a label row (they would silently stay unprotected) and, without
     --skip-bad, on unusable label rows. One line for the unlabelled images, however many there are."""
@@ -165,7 +127,7 @@ def protect_dataset(loaded: LoadedGenerator, data: DataConfig, out: Path, cfg: P
     run.json once. Every rank returns the same report."""
     import torch
 
-    from mtlue_cli.engine import Dist, autocast, resolve_device
+    from mtlue_cli.models.engine import Dist, autocast, resolve_device
 
     dist = Dist.from_env()
     on_event = (on_event or noop) if dist.is_main else noop
@@ -359,8 +321,8 @@ def protect_with_fit(data: DataConfig, out: Path, fit_cfg: FitConfig, cfg: Prote
     import dataclasses
     import shutil
 
-    from mtlue_cli.fitting import fit_folder
-    from mtlue_cli.hub import WEIGHTS, load_generator
+    from mtlue_cli.fit.folder import fit_folder
+    from mtlue_cli.models.persistence import WEIGHTS, load_generator
 
     on_event = on_event or noop
     out = Path(out)
@@ -390,7 +352,7 @@ def protect_folder(data: DataConfig, out: Path, cfg: ProtectConfig, generator: s
                    on_event: OnEvent | None = None) -> ProtectReport:
     """`mtlue protect`: protect with `generator` (folder, alias or Hub id), or without one fit one with `fit`
     (a recipe, see `fitting.fit_config`) and keep it in OUT/generator/."""
-    from mtlue_cli.hub import load_generator
+    from mtlue_cli.models.persistence import load_generator
 
     if generator is None:
         if fit is None:

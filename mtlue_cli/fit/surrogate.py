@@ -1,7 +1,7 @@
 """The surrogates a generator attacks (method-spec §5): prepared once per fit (cached for --resume), and
 their accuracy on x + G(x, y), which the stop rule reads.
 
-Each base method has one provider in fit.METHODS: EM trains a fresh surrogate alternately with the
+Each base method has one provider in fit.loop.METHODS: EM trains a fresh surrogate alternately with the
 generator (§4.2); TAP attacks the final state of a clean pre-trained model (§4.3); SEP attacks its
 periodic checkpoints (§4.4).
 """
@@ -15,12 +15,21 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from mtlue_cli.classifiers import MTLClassifier, predict
 from mtlue_cli.config import FitConfig, milestones
-from mtlue_cli.engine import (ClassifierTrainer, Dist, augment, autocast, batch_indices, evaluate, save_atomic,
-                              to_float, train_classifier)
 from mtlue_cli.events import OnEvent, log
-from mtlue_cli.robust import random_squeeze
+from mtlue_cli.fit.squeezes import random_squeeze
+from mtlue_cli.models.classifiers import MTLClassifier, predict
+from mtlue_cli.models.engine import (
+    ClassifierTrainer,
+    Dist,
+    augment,
+    autocast,
+    batch_indices,
+    evaluate,
+    save_atomic,
+    to_float,
+    train_classifier,
+)
 
 
 @dataclass

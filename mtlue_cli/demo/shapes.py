@@ -1,6 +1,4 @@
-"""The built-in demo: a synthetic multi-task image set, protected and verified end to end on the CPU.
-
-A faint figure on a coloured background with three tasks: shape (round/wide/tall), size (small/large)
+"""The demo's synthetic multi-task image set: a faint figure on a coloured background with three tasks: shape (round/wide/tall), size (small/large)
 and position (top/bottom). No download, no data of the user's own.
 """
 
@@ -9,15 +7,11 @@ from __future__ import annotations
 import csv
 import math
 import random
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mtlue_cli.config import DataConfig, ProtectConfig, VerifyConfig
-from mtlue_cli.events import OnEvent, log, noop
 from mtlue_cli.files import atomic_write
 
 # Coarse shapes (the aspect of an ellipse): at 32 px the victim's ImageNet stem keeps an 8x8 map after its
@@ -26,7 +20,6 @@ from mtlue_cli.files import atomic_write
 SHAPES = {"round": (1.0, 1.0), "wide": (1.3, 0.6), "tall": (0.6, 1.3)}  # (x, y) radius factors
 SIZES = {"small": (0.14, 0.18), "large": (0.27, 0.30)}  # radius as a fraction of the side
 POSITIONS = ("top", "bottom")  # vertical: victims flip horizontally (method-spec §6.3)
-DEMO_ALIAS = "demo-shapes"
 
 
 def make_shapes(out: Path, n: int = 800, size: int = 32, seed: int = 0, contrast: tuple[int, int] = (24, 34),
@@ -78,37 +71,3 @@ def make_shapes(out: Path, n: int = 800, size: int = 32, seed: int = 0, contrast
 
     atomic_write(out / "labels.csv", write)  # written last, and whole: its presence means the set is complete
     return out
-
-
-@dataclass
-class DemoReport:
-    data: Path
-    protected: Path
-    protect: Any  # ProtectReport
-    verify: Any  # VerifyReport
-    generator: str
-
-
-def run_demo(out: Path, generator: str = DEMO_ALIAS, images: int = 800, epochs: int = 12, device: str = "auto",
-             seed: int = 0, plot: bool = True, on_event: OnEvent | None = None) -> DemoReport:
-    """Make the synthetic set, protect it with the shipped generator (80/20 holdout), verify it; with `plot`,
-    the victims' learning curves go to OUT/curves.png (when matplotlib is installed; else the report says so)."""
-    from mtlue_cli.hub import load_generator
-    from mtlue_cli.protect import protect_dataset
-    from mtlue_cli.verify import verify
-
-    on_event = on_event or noop
-    out = Path(out)
-    data_dir = out / "data"
-    if not (data_dir / "labels.csv").is_file():
-        log(on_event, f"writing {images} synthetic images to {data_dir / 'images'}")
-        make_shapes(data_dir, n=images, seed=seed)
-    data = DataConfig(root=data_dir / "images", labels=data_dir / "labels.csv")
-    protected = out / "protected"
-    protect_cfg = ProtectConfig(holdout=0.2, seed=seed, device=device, overwrite=True, preview=6)
-    protect_report = protect_dataset(load_generator(generator), data, protected, protect_cfg, on_event)
-    # A fixed epoch count, not verify's time budget: the demo's verdict must not depend on how busy the machine is.
-    verify_cfg = VerifyConfig(epochs=epochs, seed=seed, device=device, batch_size=64, time_budget=None,
-                              defenses=("none", "grayscale", "jpeg10", "bdr2"), plot=out / "curves.png" if plot else None)
-    verify_report = verify(data, protected, verify_cfg, on_event=on_event)
-    return DemoReport(data_dir, protected, protect_report, verify_report, generator)

@@ -14,15 +14,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mtlue_cli import outputs
-from mtlue_cli.dataset_card import MANIFEST_COPY, RUN_COPY, VERIFY_COPY, dataset_card
 from mtlue_cli.errors import ConfigError, FileProblem, PublishError, PublishRefused
 from mtlue_cli.events import OnEvent, log, noop
-from mtlue_cli.hub import upload_errors
-from mtlue_cli.imagefolder import (CARD, METADATA, Scrubber, clean_test, link_or_copy, local_paths, metadata_csv,
-                                   prepare_folder, public_entry, public_run, write_file)
-from mtlue_cli.outputs import RUN, VERIFY
-from mtlue_cli.publish_checks import check_folder
+from mtlue_cli.hub.dataset_card import MANIFEST_COPY, RUN_COPY, VERIFY_COPY, dataset_card
+from mtlue_cli.hub.imagefolder import (
+    CARD,
+    METADATA,
+    Scrubber,
+    clean_test,
+    link_or_copy,
+    local_paths,
+    metadata_csv,
+    prepare_folder,
+    public_entry,
+    public_run,
+    write_file,
+)
+from mtlue_cli.hub.publish_checks import check_folder
+from mtlue_cli.models.persistence import upload_errors
+from mtlue_cli.protect import outputs
+from mtlue_cli.protect.outputs import RUN, VERIFY
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 

@@ -7,11 +7,11 @@ download). Inputs are in [0, 1] with no mean/std normalisation (§14.2).
 import math
 
 import torch
-import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
 from mtlue_cli.config import ARCHS, CLASSIFIER_STEMS
+from mtlue_cli.data.kinds import kinds_of
 
 SHARED_FEATURES = 256  # §6.1
 _VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
@@ -139,7 +139,7 @@ class MTLClassifier(nn.Module):
             trunk, features = _ClassToken(image_size, in_channels), 768
         self.trunk = trunk
         self.shared = nn.Sequential(nn.Linear(features, SHARED_FEATURES), nn.ELU())
-        self.heads = nn.ModuleList(nn.Linear(SHARED_FEATURES, 1 if c == 2 else c) for c in num_classes)
+        self.heads = nn.ModuleList(nn.Linear(SHARED_FEATURES, kind.outputs) for kind in kinds_of(num_classes))
 
     def features(self, x: Tensor) -> Tensor:
         """Shared representation (B, 256) that all heads read."""
@@ -159,23 +159,18 @@ def _check(logits: list[Tensor], targets: Tensor, num_classes: list[int]) -> Non
 
 
 def task_losses(logits: list[Tensor], targets: Tensor, num_classes: list[int]) -> Tensor:
-    """Batch-mean loss per task (K,): BCE-with-logits on the single logit for C_k == 2, CE otherwise.
+    """Batch-mean loss per task (K,), each by its kind (BCE on the single logit of a binary task, CE otherwise).
 
     targets: (B, K) class indices. Per-task weighting is the caller's business.
     """
     _check(logits, targets, num_classes)
-    losses = []
-    for k, (z, c) in enumerate(zip(logits, num_classes)):
-        if c == 2:
-            losses.append(F.binary_cross_entropy_with_logits(z[:, 0], targets[:, k].to(z.dtype)))
-        else:
-            losses.append(F.cross_entropy(z, targets[:, k].long()))
-    return torch.stack(losses)  # (K,)
+    kinds = kinds_of(num_classes)
+    return torch.stack([kind.loss(z, targets[:, k]) for k, (z, kind) in enumerate(zip(logits, kinds))])  # (K,)
 
 
 def predict(logits: list[Tensor], num_classes: list[int]) -> Tensor:
     """Predicted class per task (B, K): logit > 0 for binary tasks (§6.4), argmax otherwise."""
     if len(logits) != len(num_classes):
         raise ValueError(f"got logits for {len(logits)} tasks but num_classes for {len(num_classes)}")
-    columns = [(z[:, 0] > 0).long() if c == 2 else z.argmax(dim=1) for z, c in zip(logits, num_classes)]
+    columns = [kind.predict(z) for z, kind in zip(logits, kinds_of(num_classes))]
     return torch.stack(columns, dim=1)  # (B, K)

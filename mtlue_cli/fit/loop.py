@@ -1,6 +1,6 @@
 """`fit_generator`: ONE generator-training loop for EM, TAP and SEP (method-spec §4, style rule 4).
 
-The methods differ only by their row of `METHODS`: the objective, the surrogates they attack (a provider
+The methods differ only by their row of `methods.METHODS`: the objective, the surrogates they attack (a provider
 from surrogate.py), the labels the stop check compares with, whether x+δ is augmented, the default stop
 error, how much the LR schedule is compressed, and how the regularisers are weighted.
 """
@@ -18,62 +18,27 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn as nn
 
-from mtlue_cli import __version__, surrogate
+from mtlue_cli import __version__
 from mtlue_cli.config import FitConfig, default_crop, milestones
-from mtlue_cli.data import MultiTaskImageDataset
-from mtlue_cli.engine import (ClassifierTrainer, Dist, augment, autocast, batch_indices, resolve_device, save_atomic,
-                              seed_everything, to_float)
+from mtlue_cli.data.dataset import MultiTaskImageDataset
 from mtlue_cli.errors import ConfigError, Interrupted
 from mtlue_cli.events import OnEvent, log, noop
-from mtlue_cli.generator import PerturbationGenerator
-from mtlue_cli.losses import em_loss, embedding_regulariser, sep_loss, shifted_targets, tap_loss
-from mtlue_cli.robust import random_squeeze
-from mtlue_cli.surrogate import FitContext, SurrogateProvider, Surrogates, Targets, accuracy_on_perturbed, perturbed
-
-Objective = Callable[[list[list[torch.Tensor]], torch.Tensor, list[int], str], torch.Tensor]
-Regulariser = Callable[[list[torch.Tensor]], torch.Tensor]
-
-
-def _em(logits: list[list[torch.Tensor]], y: torch.Tensor, nc: list[int], binary_mode: str) -> torch.Tensor:
-    return em_loss(logits[0], y, nc)
-
-
-def _tap(logits: list[list[torch.Tensor]], y: torch.Tensor, nc: list[int], binary_mode: str) -> torch.Tensor:
-    return tap_loss(logits[0], y, nc, binary_mode=binary_mode)
-
-
-def _sep(logits: list[list[torch.Tensor]], y: torch.Tensor, nc: list[int], binary_mode: str) -> torch.Tensor:
-    return sep_loss(logits, y, nc)
-
-
-def _true_labels(labels: torch.Tensor, num_classes: list[int]) -> torch.Tensor:
-    return labels
-
-
-@dataclass(frozen=True)
-class Method:
-    objective: Objective
-    surrogates: SurrogateProvider  # what the generator attacks: fresh (EM), final (TAP), checkpoints (SEP)
-    stop_target: Targets  # what the stop check compares predictions with
-    augment: bool  # SEP attacks un-augmented x+δ (§3.2)
-    stop_multiclass: float  # default stop error with any multi-class task (§4.6, UTKFace script)
-    stop_binary: float  # with binary tasks only (CelebA script; error against the flipped labels)
-    scheduler_steps: int = 1  # LR scheduler steps per generation epoch (§4.4: SEP compresses the schedule 4x)
-    ensemble: bool = False  # the attacked surrogates are one objective's passes (SEP's checkpoints, §4.4)
-
-    def regulariser_scale(self, surrogates: int, recompute: bool) -> float:
-        # The official SEP adds the regularisers once per checkpoint pass; computing δ once keeps the same
-        # objective only with them weighted by the number of checkpoints (§14.1).
-        return float(surrogates) if self.ensemble and not recompute else 1.0
-
-
-# §4.2-4.4 and §4.6. For binary tasks, error against the flipped labels = 1 - true-label error, so
-# "true-label error >= 0.9" (TAP, CelebA) is "flipped error <= 0.1": one stop rule for all.
-METHODS: dict[str, Method] = {
-    "em": Method(_em, surrogate.fresh, _true_labels, True, 0.01, 0.01),
-    "tap": Method(_tap, surrogate.final, shifted_targets, True, 1e-4, 0.1),
-    "sep": Method(_sep, surrogate.checkpoints, shifted_targets, False, 1e-4, 0.01, scheduler_steps=4, ensemble=True),
-}
+from mtlue_cli.fit.losses import embedding_regulariser, sep_loss
+from mtlue_cli.fit.methods import METHODS, Method, Regulariser, binary_mode, true_labels
+from mtlue_cli.fit.squeezes import random_squeeze
+from mtlue_cli.fit.surrogate import FitContext, Surrogates, accuracy_on_perturbed, perturbed
+from mtlue_cli.models.engine import (
+    ClassifierTrainer,
+    Dist,
+    augment,
+    autocast,
+    batch_indices,
+    resolve_device,
+    save_atomic,
+    seed_everything,
+    to_float,
+)
+from mtlue_cli.models.generator import PerturbationGenerator
 
 
 @dataclass
@@ -89,14 +54,6 @@ class FitResult:
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
     stop_reason: str = "epoch cap"
-
-
-def _binary_mode(tap_binary: str, binary: tuple[bool, ...]) -> str:
-    """TAP on binary tasks: the CelebA script is untargeted, the UTKFace script flips gender (§13.6).
-    'auto' reproduces each: untargeted when every task is binary, targeted when any is multi-class."""
-    if tap_binary == "auto":
-        return "untargeted" if all(binary) else "targeted"
-    return tap_binary
 
 
 def _validate(cfg: FitConfig, dataset: MultiTaskImageDataset, state_file: Path) -> None:
@@ -115,7 +72,7 @@ def _validate(cfg: FitConfig, dataset: MultiTaskImageDataset, state_file: Path) 
 
 def fit_generator(dataset: MultiTaskImageDataset, cfg: FitConfig, out: Path, on_event: OnEvent | None = None) -> FitResult:
     """Train an MTL-UE generator on `dataset` and write it to `out` (see `hub.save_generator`)."""
-    from mtlue_cli.hub import save_generator  # hub imports generator; keep fit importable on its own
+    from mtlue_cli.models.persistence import save_generator  # hub imports generator; keep fit importable on its own
 
     on_event = on_event or noop
     out = Path(out)
@@ -150,7 +107,7 @@ def fit_generator(dataset: MultiTaskImageDataset, cfg: FitConfig, out: Path, on_
     start_epoch, history = checkpoint.restore() if cfg.resume else (0, [])
     if cfg.resume:
         log(on_event, f"resumed after epoch {start_epoch}")
-    attack = _Attack(method, surrogates, _binary_mode(cfg.tap_binary, dataset.spec.binary), tuple(cfg.robust),
+    attack = _Attack(method, surrogates, binary_mode(cfg.tap_binary, dataset.spec.binary), tuple(cfg.robust),
                      functools.partial(embedding_regulariser, lambda_intra=cfg.lambda_intra,
                                        lambda_inter=cfg.lambda_inter, form=cfg.intra_form),
                      method.regulariser_scale(len(surrogates.attacked), cfg.sep_recompute),
@@ -375,7 +332,7 @@ def _stop_check(ctx: FitContext, generator: PerturbationGenerator, model: nn.Mod
 
 def _attacked_accuracy(ctx: FitContext, generator: PerturbationGenerator, model: nn.Module, batch_size: int) -> list[float]:
     """Per-task true-label accuracy of `model` on A(x + G(x, y)): the result's `attacked_train_acc`."""
-    return accuracy_on_perturbed(ctx, generator, model, batch_size, _true_labels, augmented=True)[1].tolist()
+    return accuracy_on_perturbed(ctx, generator, model, batch_size, true_labels, augmented=True)[1].tolist()
 
 
 def _record(cfg: FitConfig, dataset: MultiTaskImageDataset, device: torch.device, processes: int,

@@ -14,17 +14,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from mtlue_cli import outputs
 from mtlue_cli.config import DataConfig, VerifyConfig, default_crop, victim_res
 from mtlue_cli.config import milestones as lr_milestones
-from mtlue_cli.data import MultiTaskImageDataset, load_dataset, split_indices
+from mtlue_cli.data.dataset import MultiTaskImageDataset, load_dataset, split_indices
+from mtlue_cli.data.images import median_short_side
+from mtlue_cli.data.kinds import kinds_of
+from mtlue_cli.data.labels import read_labels
 from mtlue_cli.errors import ConfigError, DatasetError
 from mtlue_cli.events import OnEvent, log, noop
 from mtlue_cli.files import write_text
-from mtlue_cli.images import median_short_side
-from mtlue_cli.labels import read_labels
-from mtlue_cli.metrics import majority_baseline
-from mtlue_cli.verdict import DefenseProfile, TaskRow, VerifyReport, judge  # noqa: F401 (the public names)
+from mtlue_cli.protect import outputs
+from mtlue_cli.verify.verdict import DefenseProfile, TaskRow, VerifyReport, judge  # noqa: F401 (the public names)
 
 
 def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConfig | None = None,
@@ -32,10 +32,10 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
     """Victim accuracy on clean test images after training on clean vs protected files."""
     import torch
 
-    from mtlue_cli.classifiers import MTLClassifier
-    from mtlue_cli.defenses import expand_defenses, prepare
-    from mtlue_cli.engine import ClassifierTrainer, evaluate, resolve_device, seed_everything, train_classifier
-    from mtlue_cli.plot import missing as missing_plot
+    from mtlue_cli.models.classifiers import MTLClassifier
+    from mtlue_cli.models.engine import ClassifierTrainer, evaluate, resolve_device, seed_everything, train_classifier
+    from mtlue_cli.verify.defenses import expand_defenses, prepare
+    from mtlue_cli.verify.plot import missing as missing_plot
 
     on_event = on_event or noop
     started = time.perf_counter()
@@ -117,13 +117,15 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
         + (f" ({len(cached)} clean-trained result(s) cached)" if cached else ""))
     milestones = lr_milestones(cfg.epochs, cfg.milestones)
     # The chance level a victim must beat: the majority class or a uniform guess for accuracy, 0.5 for AUC.
-    majority = majority_baseline(clean_train.labels, test_labels, nc) if cfg.metric == "acc" else [0.5] * len(nc)
-    chance = [1 / c for c in nc] if cfg.metric == "acc" else [0.5] * len(nc)
+    kinds = kinds_of(nc)
+    majority = ([kind.majority(clean_train.labels[:, k], test_labels[:, k]) for k, kind in enumerate(kinds)]
+                if cfg.metric == "acc" else [0.5] * len(nc))
+    chance = [kind.chance for kind in kinds] if cfg.metric == "acc" else [0.5] * len(nc)
     log(on_event, f"victim {cfg.victim} ({cfg.victim_stem} stem), {cfg.epochs} epochs at {res} px (crop {crop}), "
         f"{len(prot_set)} protected / {len(clean_train)} clean training images, {len(test_set)} clean test images")
     detectability = None
     if cfg.detect:
-        from mtlue_cli.detect import detect
+        from mtlue_cli.verify.detect import detect
 
         log(on_event, "detectability: linear probes on the protected images and on the originals")
         detectability = detect(prot_set.images, prot_labels, clean_train.images, clean_train.labels, list(spec.names),
@@ -193,7 +195,7 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
     report = VerifyReport(rows, defenses, len(prot_set), len(test_set), outputs.quality(protected), recipe, cfg.threshold,
                           curves=curves, detect=detectability)
     if cfg.plot is not None and not plot_hint:
-        from mtlue_cli.plot import plot_curves
+        from mtlue_cli.verify.plot import plot_curves
 
         report.plot = str(plot_curves(report, cfg.plot))
     elif plot_hint:
@@ -269,8 +271,8 @@ def _seconds_per_epoch(cfg: VerifyConfig, nc: list[int], crop: int, device: Any,
     """Time three real training steps (after one warm-up): the cost of one victim epoch, evaluation included."""
     import torch
 
-    from mtlue_cli.classifiers import MTLClassifier
-    from mtlue_cli.engine import ClassifierTrainer
+    from mtlue_cli.models.classifiers import MTLClassifier
+    from mtlue_cli.models.engine import ClassifierTrainer
 
     trainer = ClassifierTrainer(MTLClassifier(nc, arch=cfg.victim, stem=cfg.victim_stem, image_size=crop), nc,
                                 device=device, amp=cfg.amp)

@@ -21,7 +21,7 @@ from mtlue_cli import __version__
 from mtlue_cli.config import BOUNDS, CONDITIONINGS, GENERATOR_STEMS, MAX_EPSILON, STEM_DOWNSAMPLING, WIDTHS
 from mtlue_cli.errors import MtlueError, WeightsError
 from mtlue_cli.files import file_sha256, write_text
-from mtlue_cli.model_card import model_card
+from mtlue_cli.models.card import model_card
 
 WEIGHTS, CONFIG, RECORD, CARD = "model.safetensors", "config.json", "fit_record.json", "README.md"
 REPO_ID = re.compile(r"^(?:hf://)?([A-Za-z0-9][\w.-]*/[\w.-]+)(?:@([\w./-]+))?$")
@@ -120,7 +120,7 @@ def validate_config(config: Any, where: str) -> dict[str, Any]:
 def load_folder(folder: Path, device: Any = "cpu", expected_sha256: str | None = None) -> tuple[Any, str, dict[str, str]]:
     """Strictly load a generator folder with `from_pretrained`, after checking config.json (caps before anything
     is allocated) and the pinned sha256; returns (model, sha256 of the weights, its safetensors metadata)."""
-    from mtlue_cli.generator import PerturbationGenerator
+    from mtlue_cli.models.generator import PerturbationGenerator
 
     weights, config_path = folder / WEIGHTS, folder / CONFIG
     for needed in (weights, config_path):
@@ -179,8 +179,13 @@ def upload_errors(repo_id: str, error: type[MtlueError], offline_hint: str) -> I
 def _download(repo_id: str, revision: str | None, cache_dir: Path | None) -> Path:
     """Fetch config.json + model.safetensors with the real hf_hub_download (honours HF_HUB_OFFLINE)."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     try:
         paths = [hf_hub_download(repo_id, name, revision=revision, cache_dir=cache_dir, library_name="mtlue",

@@ -8,16 +8,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mtlue_cli.classifiers import task_losses
 from mtlue_cli.config import BINARY_MODES, ER_FORMS
+from mtlue_cli.data.kinds import kinds_of
+from mtlue_cli.models.classifiers import task_losses
 
 
 def shifted_targets(labels: Tensor, num_classes: list[int]) -> Tensor:
     """TAP/SEP targets t^k = (y^k + floor(C_k / 2)) mod C_k (§3.2); a flip 1 - y for binary tasks."""
     if labels.dim() != 2 or labels.shape[1] != len(num_classes):
         raise ValueError(f"labels must have shape (B, {len(num_classes)}), got {tuple(labels.shape)}")
-    c = torch.as_tensor(num_classes, dtype=labels.dtype, device=labels.device)  # (K,)
-    return (labels + c // 2) % c  # (B, K)
+    return torch.stack([kind.shifted(labels[:, k]) for k, kind in enumerate(kinds_of(num_classes))], dim=1)  # (B, K)
 
 
 def em_loss(logits: list[Tensor], labels: Tensor, num_classes: list[int]) -> Tensor:
@@ -35,14 +35,13 @@ def tap_loss(
     """
     if binary_mode not in BINARY_MODES:
         raise ValueError(f"unknown binary_mode {binary_mode!r}: use one of {', '.join(BINARY_MODES)}")
-    binary = torch.tensor([c == 2 for c in num_classes], device=labels.device)  # (K,)
-    targets = shifted_targets(labels, num_classes)  # (B, K)
-    if binary_mode == "untargeted":
-        targets = torch.where(binary, labels, targets)
-    losses = task_losses(logits, targets, num_classes)  # (K,)
-    if binary_mode == "untargeted":
-        losses = torch.where(binary, -losses, losses)
-    return losses.mean()
+    losses = []
+    for k, (z, kind) in enumerate(zip(logits, kinds_of(num_classes))):
+        if kind.tap_untargeted(binary_mode):
+            losses.append(-kind.loss(z, labels[:, k]))
+        else:
+            losses.append(kind.loss(z, kind.shifted(labels[:, k])))
+    return torch.stack(losses).mean()
 
 
 def sep_loss(logits_per_checkpoint: list[list[Tensor]], labels: Tensor, num_classes: list[int]) -> Tensor:

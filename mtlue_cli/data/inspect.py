@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from mtlue_cli.config import DataConfig
+from mtlue_cli.data.images import Decoded, decode
+from mtlue_cli.data.labels import Record, read_labels
 from mtlue_cli.errors import FileProblem
 from mtlue_cli.events import OnEvent, noop
-from mtlue_cli.images import Decoded, decode
-from mtlue_cli.labels import Record, read_labels
 
 # Lossless PNG of photographs is roughly half the raw RGB size; a rough figure, said to be one.
 PNG_BYTES_PER_RAW_BYTE = 0.5

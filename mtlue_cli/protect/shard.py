@@ -12,9 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mtlue_cli import outputs
-from mtlue_cli.labels import Record
-from mtlue_cli.outputs import FileResult
+from mtlue_cli.data.labels import Record
+from mtlue_cli.protect import outputs
+from mtlue_cli.protect.outputs import FileResult
 
 
 def share(n: int, batch_size: int, rank: int, world: int) -> list[int]:

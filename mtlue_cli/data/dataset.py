@@ -10,10 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from mtlue_cli.config import DataConfig
+from mtlue_cli.data.images import decode, to_working
+from mtlue_cli.data.labels import LabelTable, Record, TaskSpec, read_labels, unlabelled_note
 from mtlue_cli.errors import DatasetError, FileProblem, raise_problems
 from mtlue_cli.events import OnEvent, log, noop
-from mtlue_cli.images import decode, to_working
-from mtlue_cli.labels import LabelTable, Record, TaskSpec, read_labels, unlabelled_note
 
 if TYPE_CHECKING:
     import torch

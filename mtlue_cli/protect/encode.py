@@ -14,13 +14,21 @@ import numpy as np
 from PIL import Image
 
 from mtlue_cli.config import ProtectConfig
+from mtlue_cli.data.images import (
+    PROTECTED_PNG,
+    Decoded,
+    band_rows,
+    metadata_kwargs,
+    open_image,
+    protect_image,
+    rows_of,
+    save_image,
+)
+from mtlue_cli.data.labels import Record
 from mtlue_cli.errors import FileProblem
 from mtlue_cli.files import atomic_write, file_sha256
-from mtlue_cli.images import (PROTECTED_PNG, Decoded, band_rows, metadata_kwargs, open_image, protect_image, rows_of,
-                              save_image)
-from mtlue_cli.labels import Record
 from mtlue_cli.metrics import linf, psnr_of, squared_error, ssim_sum, ssim_window
-from mtlue_cli.outputs import FileResult
+from mtlue_cli.protect.outputs import FileResult
 
 PREVIEW_CROP = 256  # px of the native-resolution files shown per tile (the centre of each image)
 PREVIEW_TILE = 128  # smaller crops are enlarged, pixel-exact, to at least this

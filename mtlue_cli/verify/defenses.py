@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from mtlue_cli.errors import ConfigError
+from mtlue_cli.fit.squeezes import jpeg_uint8
 
 Defense = Callable[[torch.Tensor], torch.Tensor]  # uint8 (N,C,H,W) -> uint8 (N,C,H,W)
 NAMES_HELP = ("none, grayscale, jpegQ (e.g. jpeg10), bdrB (e.g. bdr2), blurS (Gaussian, sigma S px, e.g. blur1), "
@@ -31,12 +32,7 @@ def grayscale(images: torch.Tensor) -> torch.Tensor:
 
 
 def jpeg(quality: int) -> Defense:
-    def apply(images: torch.Tensor) -> torch.Tensor:
-        from torchvision.transforms.v2 import functional as F
-
-        return torch.stack([F.jpeg(img, quality) for img in images])
-
-    return apply
+    return lambda images: jpeg_uint8(images, quality)
 
 
 def bit_depth(bits: int) -> Defense:
@@ -146,12 +142,12 @@ def prepare(name: str, images: torch.Tensor, labels: torch.Tensor, num_classes: 
     projection), to the test images where the deployed model would apply it too, or in the training loop."""
     name = name.strip().lower()
     if name == "op":
-        from mtlue_cli.projection import fit_projection
+        from mtlue_cli.verify.projection import fit_projection
 
         projection = fit_projection(images, labels, num_classes, seed)
         return Prepared(projection(images), projection(test_images), None)
     if name == "ueraser-lite":
-        from mtlue_cli.ueraser import ueraser_lite
+        from mtlue_cli.verify.ueraser import ueraser_lite
 
         return Prepared(images, None, ueraser_lite)
     transform = parse_defense(name)
