@@ -25,6 +25,24 @@ def test_help_lists_every_command_and_the_presets():
     assert "low = 4/255" in fit_help and "high = 16/255" in fit_help and "Examples" in fit_help
 
 
+def test_version_is_the_installed_distributions(monkeypatch):
+    from importlib import metadata
+
+    import mtlue_cli
+
+    monkeypatch.setattr(metadata, "version", lambda name: mtlue_cli.__version__)
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"mtlue {mtlue_cli.__version__}"
+    monkeypatch.setattr(metadata, "version", lambda name: "9.9.9")  # another tree than the one installed
+    assert f"mtlue 9.9.9 (the code imported is {mtlue_cli.__version__})" in runner.invoke(app, ["--version"]).output
+
+    def missing(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "version", missing)
+    assert "(not installed)" in runner.invoke(app, ["--version"]).output
+
+
 def test_an_option_group_is_its_fields_as_options_and_reaches_the_command_as_one_dataclass():
     import typer
 
