@@ -59,7 +59,7 @@ def fit(work: Path, epochs: int, device: str, images: int) -> Path:
 
     make_shapes(work / "data", n=images)
     data = DataConfig(root=work / "data" / "images", labels=work / "data" / "labels.csv")
-    _, cfg = fit_config("quick", device=device, image_size=32)
+    _, cfg = fit_config("cpu", device=device, image_size=32)
     cfg = dataclasses.replace(cfg, epochs=epochs, time_budget=None)  # the same generator however busy the machine is
     holdout = held_out(read_labels(data).records, 0.2, 0)  # run_demo's ProtectConfig(holdout=0.2, seed=0)
     fit_folder(data, cfg, work / "generator", exclude=holdout, replace=True)

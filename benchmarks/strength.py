@@ -224,7 +224,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", action="append", default=[], help="NAME:field=value,... (FitConfig fields)")
-    parser.add_argument("--recipe", default="quick", help="FIT_RECIPES entry the variant fields override")
+    parser.add_argument("--recipe", default="cpu", help="FIT_RECIPES entry the variant fields override")
     parser.add_argument("--data", default=str(UTK))
     parser.add_argument("--res", type=int, nargs="+", default=[64], help="victim resolutions")
     parser.add_argument("--victim-epochs", type=int, default=15)

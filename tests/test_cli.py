@@ -25,6 +25,24 @@ def test_help_lists_every_command_and_the_presets():
     assert "low = 4/255" in fit_help and "high = 16/255" in fit_help and "Examples" in fit_help
 
 
+def test_version_is_the_installed_distributions(monkeypatch):
+    from importlib import metadata
+
+    import mtlue_cli
+
+    monkeypatch.setattr(metadata, "version", lambda name: mtlue_cli.__version__)
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"mtlue {mtlue_cli.__version__}"
+    monkeypatch.setattr(metadata, "version", lambda name: "9.9.9")  # another tree than the one installed
+    assert f"mtlue 9.9.9 (the code imported is {mtlue_cli.__version__})" in runner.invoke(app, ["--version"]).output
+
+    def missing(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "version", missing)
+    assert "(not installed)" in runner.invoke(app, ["--version"]).output
+
+
 def test_an_option_group_is_its_fields_as_options_and_reaches_the_command_as_one_dataclass():
     import typer
 
@@ -75,8 +93,12 @@ def test_fit_flags_reach_the_config(monkeypatch, tiny_csv_dataset, tmp_path):
     cfg: FitConfig = seen["cfg"]
     assert (cfg.method, cfg.epochs, cfg.image_size, cfg.lambda_inter) == ("sep", 7, 16, 50.0)
     assert cfg.epsilon == pytest.approx(16 / 255) and cfg.unprotected == ("age",)
-    assert cfg.surrogate_epochs == 12 and cfg.batch_size == 64  # from the quick recipe
+    assert cfg.surrogate_epochs == 1 and cfg.batch_size == 32 and cfg.width == 16  # from the quick (smoke-test) recipe
+    assert cfg.time_budget == 60.0
     assert seen["size"] == 16 and seen["n"] == 12
+    both = runner.invoke(app, ["fit", str(d.root), "--labels", str(d.labels), "--quick", "--recipe", "cpu",
+                               "--out", str(tmp_path / "h"), "--device", "cpu", "-q"])
+    assert both.exit_code == 2 and "--quick is --recipe quick" in both.output
 
 
 def test_default_fit_recipe_and_its_new_flags(monkeypatch, tiny_csv_dataset, tmp_path):
@@ -90,7 +112,7 @@ def test_default_fit_recipe_and_its_new_flags(monkeypatch, tiny_csv_dataset, tmp
     d = tiny_csv_dataset
     base = ["fit", str(d.root), "--labels", str(d.labels), "--device", "cpu", "-q"]
     assert runner.invoke(app, [*base, "--out", str(tmp_path / "a")]).exit_code == 0
-    default: FitConfig = seen["cfgs"][-1]  # auto on a CPU -> quick
+    default: FitConfig = seen["cfgs"][-1]  # auto on a CPU -> cpu
     assert (default.image_size, default.stem, default.width, default.bound, default.time_budget) == (64, "imagenet", 64, "tanh", 1140.0)
     assert set(default.robust) == {"identity", "grayscale", "jpeg", "bits", "blur"}
     result = runner.invoke(app, [*base, "--out", str(tmp_path / "b"), "--no-robust", "--width", "32",
@@ -147,7 +169,7 @@ def test_protect_without_generator_fits_one_and_verify_reads_run_json(monkeypatc
     from mtlue_cli.models.persistence import load_generator
 
     # A quicker default recipe for the test: the real fit, protect and run.json, at 16 px.
-    monkeypatch.setitem(FIT_RECIPES, "quick", dict(FIT_RECIPES["quick"], image_size=16, epochs=2, surrogate_epochs=1,
+    monkeypatch.setitem(FIT_RECIPES, "cpu", dict(FIT_RECIPES["cpu"], image_size=16, epochs=2, surrogate_epochs=1,
                                                    batch_size=8, width=16))
     d, out = tiny_csv_dataset, tmp_path / "prot"
     result = runner.invoke(app, ["protect", str(d.root), "--labels", str(d.labels), "--out", str(out), "--holdout", "0.25",
@@ -189,3 +211,20 @@ def test_protect_names_unlabelled_images_in_one_line(tiny_csv_dataset, make_imag
     assert result.exit_code == 1
     assert result.output.count("no label row") == 1 and "7 files: image has no label row" in result.output
     assert "extra/x0.png, extra/x1.png" in result.output
+
+
+def test_every_option_has_a_help_text_of_its_own():
+    """Within a command no two options may share a help text (`fit --unprotected` used to show --tasks' text)."""
+    import click
+    import typer
+
+    group = typer.main.get_command(app)
+    assert group.commands
+    for name, command in group.commands.items():
+        texts: dict[str, str] = {}
+        for param in command.params:
+            if not isinstance(param, click.Option):
+                continue
+            assert param.help, f"mtlue {name} {param.opts[0]} has no help text"
+            assert param.help not in texts, f"mtlue {name}: {param.opts[0]} and {texts[param.help]} share a help text"
+            texts[param.help] = param.opts[0]

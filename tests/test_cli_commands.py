@@ -93,11 +93,11 @@ def test_fit_is_one_call_with_the_recipe_the_library_chose(monkeypatch, tiny_csv
                                  "--preset", "high", "--epochs", "7", "--size", "16", "--time-budget", "none",
                                  "--device", "cpu", "-q"], env=ENV)
     assert result.exit_code == 0, result.output
-    # auto on a CPU: the library picked `quick`; --time-budget none lifts the recipe's budget
-    expected = make_config(FitConfig, {**FIT_RECIPES["quick"], "time_budget": None}, method="sep", epsilon=16 / 255,
+    # auto on a CPU: the library picked `cpu`; --time-budget none lifts the recipe's budget
+    expected = make_config(FitConfig, {**FIT_RECIPES["cpu"], "time_budget": None}, method="sep", epsilon=16 / 255,
                            epochs=7, image_size=16, device="cpu")
     assert call.calls == [((DataConfig(root=d.root, labels=d.labels), expected, out), {})]
-    assert "recipe quick" in result.output and "TAP generator" in result.output and "generator written" in result.output
+    assert "recipe cpu" in result.output and "TAP generator" in result.output and "generator written" in result.output
 
 
 def test_protect_is_one_call_and_its_report_gives_the_exit_code(monkeypatch, tiny_csv_dataset, tmp_path) -> None:
@@ -115,7 +115,7 @@ def test_protect_is_one_call_and_its_report_gives_the_exit_code(monkeypatch, tin
 
     call.calls.clear()  # without --generator: the fit recipe is the library's choice, --time-budget its budget
     assert runner.invoke(app, [*base, "--time-budget", "15m"], env=ENV).exit_code == 0
-    fit = make_config(FitConfig, FIT_RECIPES["quick"], device="cpu", time_budget=900.0)
+    fit = make_config(FitConfig, FIT_RECIPES["cpu"], device="cpu", time_budget=900.0)
     assert call.calls == [((data, out, ProtectConfig(device="cpu", workers=1), None, None, fit), {})]
 
     call.result = _protect_report(out, unlabelled=[f"extra/x{i}.png" for i in range(7)])

@@ -141,9 +141,21 @@ def option_groups(command: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
+def installed_version() -> str:
+    """The version pip installed (the distribution's metadata); the code's own where mtlue is not installed, and both
+    where they differ (code run from another tree than the one installed)."""
+    from importlib import metadata
+
+    try:
+        installed = metadata.version("mtlue")
+    except metadata.PackageNotFoundError:
+        return f"{__version__} (not installed)"
+    return installed if installed == __version__ else f"{installed} (the code imported is {__version__})"
+
+
 def _version_callback(value: bool) -> None:
     if value:
-        out_console.print(f"mtlue {__version__}")
+        out_console.print(f"mtlue {installed_version()}")
         raise typer.Exit()
 
 

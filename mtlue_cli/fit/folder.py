@@ -18,10 +18,10 @@ from mtlue_cli.events import OnEvent
 
 
 def default_recipe(device: str = "auto") -> str:
-    """The recipe `auto` stands for: `strong` where a CUDA GPU will run the fit, `quick` elsewhere."""
+    """The recipe `auto` stands for: `strong` where a CUDA GPU will run the fit, `cpu` elsewhere."""
     from mtlue_cli.models.engine import resolve_device
 
-    return "strong" if resolve_device(device).type == "cuda" else "quick"
+    return "strong" if resolve_device(device).type == "cuda" else "cpu"
 
 
 def fit_config(recipe: str = "auto", **flags: Any) -> tuple[str, FitConfig]:
