@@ -276,7 +276,11 @@ class VerifyConfig:
     test_split: float = 0.2
     threshold: float = 5.0  # points above the majority baseline (AUC: above 0.5) that still count as protected
     metric: str = "acc"  # acc|auc (§6.4: mean AUC for multi-label binary data such as ChestX-ray14)
-    seed: int = 0
+    seed: int = 0  # the clean test split's seed (protect's --holdout seed), and the first victim's
+    # Victims per (defence, clean/protected), seeded victim_seed .. victim_seed + seeds - 1 on the same split; the
+    # verdict reads their mean and flags a task within one sd of its threshold (verdict.py).
+    seeds: int = 1
+    victim_seed: int | None = None  # None: `seed` (benchmarks vary the victims' seeds apart from the split's)
     device: str = "auto"
     amp: str = "auto"
     cache: bool = True  # reuse the clean baseline of identical data + recipe (MTLUE_CACHE_DIR)
@@ -291,6 +295,8 @@ class VerifyConfig:
         _choice("victim_stem", self.victim_stem, CLASSIFIER_STEMS)
         _integer("epochs", self.epochs, 1)
         _integer("batch_size", self.batch_size, 1)
+        _integer("seeds", self.seeds, 1)
+        _integer("victim_seed", self.victim_seed, 0, optional=True)
         _milestones("milestones", self.milestones)
         _integer("res", self.res, MIN_SIZE, optional=True)
         _integer("crop", self.crop, MIN_SIZE, self.res, optional=True)
