@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 from mtlue_cli.errors import ConfigError
 
 SQUEEZES = ("identity", "grayscale", "jpeg", "bits", "blur")  # robust.random_squeeze draws from these
+# Squeezes a recipe may add beyond the default mix: UEraser-lite's colour stage (issue 29; robust.py).
+EXTRA_SQUEEZES = ("ueraser",)
 
 # Named strengths map to an explicit L-inf budget (ecosystem §1.6, §5 "Presets").
 EPSILON_PRESETS: dict[str, float] = {"low": 4 / 255, "medium": 8 / 255, "high": 16 / 255}
@@ -33,6 +35,10 @@ STEM_DOWNSAMPLING = {"cifar": 2, "imagenet": 8}  # generator stem -> side of x o
 GENERATOR_STEMS = tuple(STEM_DOWNSAMPLING)
 CONDITIONINGS = ("full", "classwise", "z_only")  # §2.2 ablations
 BOUNDS = ("clamp", "tanh")
+# Decorrelating δ from a class-wise template (issue 29; generator.py): none = the paper; shift = each image's δ
+# circularly shifted and maybe flipped by an amount drawn from its pixels; shift-zm = that, with each channel's
+# spatial mean removed first (no class-wise colour offset either).
+DECORRELATIONS = ("none", "shift", "shift-zm")
 WIDTHS = (16, 32, 64)  # 64 = the paper's ResNet-18 stem width (§2.1)
 ER_FORMS = ("code", "paper")  # intra-task regulariser forms (§3.1)
 BINARY_MODES = ("untargeted", "targeted")  # TAP on binary tasks (§3.2, §13.6)
@@ -172,6 +178,7 @@ class FitConfig:
     conditioning: str = "full"  # full|classwise|z_only (§2.2 ablations)
     bound: str = "clamp"  # clamp (the paper's hard ±ε, §2.3) | tanh (ε·tanh: gradients on every pixel)
     width: int = 64  # generator encoder width (§2.1: 64); 32 is ~3x faster on a CPU but weaker (RESULTS.md)
+    decorrelate: str = "none"  # DECORRELATIONS; none = the paper (§2.3: δ = bound(D(.)) as decoded)
     robust: tuple[str, ...] = ()  # squeezes drawn per batch in the generator loop (SQUEEZES); () = the paper
     robust_surrogate: bool = False  # TAP/SEP surrogate trained on the same squeezes (needs `robust`)
     # With robust_surrogate: unsqueezed batches attack the clean surrogate, squeezed ones the squeeze-trained one.
@@ -210,9 +217,10 @@ class FitConfig:
         _choice("em_stop_mode", self.em_stop_mode, EM_STOP_MODES)
         _choice("conditioning", self.conditioning, CONDITIONINGS)
         _choice("bound", self.bound, BOUNDS)
+        _choice("decorrelate", self.decorrelate, DECORRELATIONS)
         _choice("width", self.width, WIDTHS)
         for squeeze in self.robust:
-            _choice("robust", squeeze, SQUEEZES)
+            _choice("robust", squeeze, SQUEEZES + EXTRA_SQUEEZES)
         if self.robust_surrogate and not self.robust:
             raise ConfigError("--robust-surrogate trains the surrogate on the --robust squeezes: give some")
         if self.paired_surrogates and not self.robust_surrogate:

@@ -72,6 +72,14 @@ def random_squeeze(names: tuple[str, ...], gen: torch.Generator) -> tuple[str, C
     if name == "bits":
         b = BIT_DEPTHS[int(torch.randint(len(BIT_DEPTHS), (1,), generator=gen))]
         return f"bdr{b}", lambda x: bit_depth(x, b)
+    if name == "ueraser":
+        # UEraser-lite's colour stage (issue 29, not in the default mix): plasma brightness and contrast and a
+        # channel shuffle, with their true gradient. Its TrivialAugment stage stays out of the loop: its geometric
+        # operations are the crop/flip family the fit already augments with, and Sharpness, AutoContrast and
+        # Equalize pass no gradient. Draws from torch's global generator (seeded by the fit).
+        from mtlue_cli.ueraser import colour_stage
+
+        return name, colour_stage
     if name == "blur":
         lo, hi = BLUR_SCALES
         s = lo + (hi - lo) * float(torch.rand((), generator=gen))
