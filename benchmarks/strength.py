@@ -295,6 +295,29 @@ def victim_seeds(text: str) -> list[int]:
     return seeds
 
 
+def informed(results: list[dict[str, Any]], res: str = "64") -> str:
+    """Issue 29's table: one row per generator and task (and the mean), a column per defence (mean ± sd over the
+    victim seeds), and the linear probe's held-out accuracy on the protected images vs the originals."""
+    first = results[0]["verify"][res]
+    defenses = first["defenses"]
+    lines = ["| generator | task | majority | " + " | ".join("none" if d == "none" else d for d in defenses)
+             + " | probe prot. / clean |", "|---|---|---|" + "---|" * len(defenses) + "---|"]
+    for r in results:
+        v = r["verify"][res]
+        probes = {t["task"]: t for t in (v.get("detect") or {}).get("tasks", [])}
+        for t in v["tasks"]:
+            seeds = t.get("by_defense_seeds", {})
+            cells = " | ".join(pm(seeds.get(d), t["by_defense"][d]) for d in defenses)
+            pr = probes.get(t["task"])
+            probe_cell = f"{pr['protected']['acc']:.0%} / {pr['clean']['acc']:.0%}" if pr else "—"
+            lines.append(f"| {r['name']} | {t['task']} | {t['majority']:.1%} | {cells} | {probe_cell} |")
+        m = v["mean"]
+        seeds = m.get("by_defense_seeds", {})
+        cells = " | ".join(f"**{pm(seeds.get(d), m['by_defense'][d])}**" for d in defenses)
+        lines.append(f"| {r['name']} | **mean** | {m['majority']:.1%} | {cells} | |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", action="append", default=[], help="NAME:field=value,... (FitConfig fields)")
@@ -320,9 +343,11 @@ def main() -> None:
     parser.add_argument("--work", default=str(HERE / "_work" / "strength"))
     parser.add_argument("--out-dir", default=str(HERE / "_work" / "strength-json"))
     parser.add_argument("--markdown", nargs="*", default=None, help="render these JSON files as a table and exit")
+    parser.add_argument("--informed", action="store_true", help="with --markdown: issue 29's per-task table")
     args = parser.parse_args()
     if args.markdown is not None:
-        print(markdown([json.loads(Path(p).read_text()) for p in args.markdown]))
+        loaded = [json.loads(Path(p).read_text()) for p in args.markdown]
+        print(informed(loaded) if args.informed else markdown(loaded))
         return
     variants = [parse_variant(v) for v in args.variant] or [("default", {})]
     if args.jobs > 1:

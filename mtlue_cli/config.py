@@ -39,6 +39,8 @@ BOUNDS = ("clamp", "tanh")
 # circularly shifted and maybe flipped by an amount drawn from its pixels; shift-zm = that, with each channel's
 # spatial mean removed first (no class-wise colour offset either).
 DECORRELATIONS = ("none", "shift", "shift-zm")
+# rgb = the paper's three free channels; luma = one value per pixel on R, G and B alike (issue 29, generator.py)
+COLOURS = ("rgb", "luma")
 WIDTHS = (16, 32, 64)  # 64 = the paper's ResNet-18 stem width (§2.1)
 ER_FORMS = ("code", "paper")  # intra-task regulariser forms (§3.1)
 BINARY_MODES = ("untargeted", "targeted")  # TAP on binary tasks (§3.2, §13.6)
@@ -179,6 +181,7 @@ class FitConfig:
     bound: str = "clamp"  # clamp (the paper's hard ±ε, §2.3) | tanh (ε·tanh: gradients on every pixel)
     width: int = 64  # generator encoder width (§2.1: 64); 32 is ~3x faster on a CPU but weaker (RESULTS.md)
     decorrelate: str = "none"  # DECORRELATIONS; none = the paper (§2.3: δ = bound(D(.)) as decoded)
+    colour: str = "rgb"  # COLOURS; rgb = the paper (§2.3)
     robust: tuple[str, ...] = ()  # squeezes drawn per batch in the generator loop (SQUEEZES); () = the paper
     robust_surrogate: bool = False  # TAP/SEP surrogate trained on the same squeezes (needs `robust`)
     # With robust_surrogate: unsqueezed batches attack the clean surrogate, squeezed ones the squeeze-trained one.
@@ -218,6 +221,7 @@ class FitConfig:
         _choice("conditioning", self.conditioning, CONDITIONINGS)
         _choice("bound", self.bound, BOUNDS)
         _choice("decorrelate", self.decorrelate, DECORRELATIONS)
+        _choice("colour", self.colour, COLOURS)
         _choice("width", self.width, WIDTHS)
         for squeeze in self.robust:
             _choice("robust", squeeze, SQUEEZES + EXTRA_SQUEEZES)

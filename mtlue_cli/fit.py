@@ -234,7 +234,7 @@ def _build_generator(dataset: MultiTaskImageDataset, cfg: FitConfig, method: Met
     generator = PerturbationGenerator(
         tasks=dataset.spec.to_dict(), image_size=cfg.image_size, epsilon=cfg.epsilon, stem=cfg.stem,
         unprotected=list(cfg.unprotected) or None, conditioning=cfg.conditioning, bound=cfg.bound, width=cfg.width,
-        decorrelate=cfg.decorrelate,
+        decorrelate=cfg.decorrelate, colour=cfg.colour,
     )
     if method.ensemble and cfg.sep_paper_weighting:
         # §14.1: the official loop moves BN statistics 15x per batch (effective momentum ~0.79).

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock
 
 from mtlue_cli import __version__
-from mtlue_cli.config import BOUNDS, CONDITIONINGS, DECORRELATIONS, GENERATOR_STEMS, STEM_DOWNSAMPLING, WIDTHS
+from mtlue_cli.config import BOUNDS, COLOURS, CONDITIONINGS, DECORRELATIONS, GENERATOR_STEMS, STEM_DOWNSAMPLING, WIDTHS
 from mtlue_cli.errors import WeightsError
 from mtlue_cli.files import atomic_write, write_text
 
@@ -99,6 +99,9 @@ class PerturbationGenerator(
         width: channels of the encoder's first stage (64 = the paper's; z has 2*width channels and the
             decoder width and width/2). 32 costs about a quarter of the paper's MACs (method-spec §14.3).
         decorrelate: "none" (the paper), "shift" or "shift-zm": see `decorrelate`.
+        colour: "rgb" (the paper) or "luma": the channels' mean on every channel (deviation from §2.3, issue 29).
+            An equal change of R, G and B is left as it is by grayscale (its weights sum to 1) and by a channel
+            shuffle, the two colour squeezes that erase a colour-coded shortcut.
     """
 
     def __init__(
@@ -114,6 +117,7 @@ class PerturbationGenerator(
         bound: str = "clamp",
         width: int = 64,
         decorrelate: str = "none",
+        colour: str = "rgb",
     ) -> None:
         super().__init__()
         tasks = _check_tasks(tasks)
@@ -127,6 +131,8 @@ class PerturbationGenerator(
             raise ValueError(f"in_channels must be 1 (grey) or 3 (RGB), got {in_channels}")
         if decorrelate not in DECORRELATIONS:
             raise ValueError(f"unknown decorrelate {decorrelate!r}: use one of {', '.join(DECORRELATIONS)}")
+        if colour not in COLOURS:
+            raise ValueError(f"unknown colour {colour!r}: use one of {', '.join(COLOURS)}")
         if width not in WIDTHS:
             raise ValueError(f"width must be one of {', '.join(map(str, WIDTHS))}, got {width}")
         if not 0 < epsilon < 1:
@@ -155,6 +161,7 @@ class PerturbationGenerator(
         self.bound = bound
         self.width = width
         self.decorrelate = decorrelate
+        self.colour = colour
         self.provenance: dict[str, str] = {}  # PROVENANCE keys; written to and read from model.safetensors
 
         size = self.latent_size
@@ -192,6 +199,8 @@ class PerturbationGenerator(
         }
         if self.decorrelate != "none":
             config["decorrelate"] = self.decorrelate
+        if self.colour != "rgb":
+            config["colour"] = self.colour
         return dict(sorted(config.items()))
 
     def weights_metadata(self) -> dict[str, str]:
@@ -255,6 +264,8 @@ class PerturbationGenerator(
         out = self.decoder(h)  # (B, C, H, W)
         if self.decorrelate != "none":
             out = decorrelate(out, x, zero_mean=self.decorrelate == "shift-zm")  # (B, C, H, W)
+        if self.colour == "luma":
+            out = out.mean(dim=1, keepdim=True).expand_as(out)  # (B, C, H, W), equal channels
         # Clamp at epsilon itself, not upstream's 0.0314 > 8/255 (§2.3, §13.3). Hard clamp as
         # upstream: saturated pixels pass no gradient.
         bound = _largest_not_above(self.epsilon, out.dtype)

@@ -224,3 +224,19 @@ def test_decorrelate_moves_delta_per_image_and_every_parameter_gets_a_gradient(m
     for name, p in moved.named_parameters():
         assert p.grad is not None and (name in inert or p.grad.abs().sum() > 0), name
     assert moved.config["decorrelate"] == mode and "decorrelate" not in plain.config  # the paper's config.json as before
+
+
+def test_luma_colour_gives_equal_channels_that_grayscale_keeps() -> None:
+    from mtlue_cli.robust import grayscale
+
+    torch.manual_seed(0)
+    g = PerturbationGenerator(TASKS, image_size=16, bound="tanh", colour="luma")
+    x = torch.rand(4, 3, 16, 16)
+    delta = g(x, _labels(4))
+    assert torch.equal(delta[:, 0], delta[:, 1]) and torch.equal(delta[:, 1], delta[:, 2]) and delta.abs().max() > 0
+    assert torch.allclose(grayscale(0.5 + delta) - 0.5, delta, atol=1e-4)  # luma weights sum to 0.9999
+    (delta * torch.randn_like(delta)).sum().backward()
+    inert = {"decoder.1.bias", "decoder.4.bias"}
+    for name, p in g.named_parameters():
+        assert p.grad is not None and (name in inert or p.grad.abs().sum() > 0), name
+    assert g.config["colour"] == "luma"
