@@ -178,3 +178,13 @@ def test_method_rows_carry_every_difference_between_the_methods():
     y = torch.tensor([[0, 1], [2, 0]])
     assert torch.equal(em.stop_target(y, [3, 2]), y)
     assert tap.stop_target(y, [3, 2]).tolist() == sep.stop_target(y, [3, 2]).tolist() == [[1, 0], [0, 1]]
+
+
+def test_informed_options_fit_save_and_reload(tmp_path):
+    cfg = quick(method="tap", epochs=1, bound="tanh", decorrelate="shift-zm", colour="luma",
+                robust=("identity", "ueraser"))
+    fit_generator(tiny_dataset(), cfg, tmp_path / "gen")
+    loaded = load_generator(str(tmp_path / "gen"))
+    assert loaded.model.decorrelate == "shift-zm" and loaded.model.colour == "luma"  # config.json carries them
+    delta = loaded.model(torch.rand(2, 3, 16, 16), torch.tensor([[0, 1], [2, 0]]))
+    assert torch.equal(delta[:, 0], delta[:, 2]) and delta.abs().max() <= 8 / 255
