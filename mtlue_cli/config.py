@@ -21,7 +21,8 @@ from mtlue_cli.errors import ConfigError
 
 SQUEEZES = ("identity", "grayscale", "jpeg", "bits", "blur")  # robust.random_squeeze draws from these
 # Squeezes a recipe may add beyond the default mix: UEraser-lite's colour stage (issue 29; robust.py).
-EXTRA_SQUEEZES = ("ueraser",)
+# op: the attacker's orthogonal projection, refitted on x+δ after every generator epoch (fit.py).
+EXTRA_SQUEEZES = ("ueraser", "op")
 
 # Named strengths map to an explicit L-inf budget (ecosystem §1.6, §5 "Presets").
 EPSILON_PRESETS: dict[str, float] = {"low": 4 / 255, "medium": 8 / 255, "high": 16 / 255}
