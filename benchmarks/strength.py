@@ -128,6 +128,8 @@ def _epoch_log(name: str) -> Any:
         if kind == "epoch":
             print(json.dumps({"variant": name, **{k: data[k] for k in ("epoch", "of", "loss", "attacked_acc", "seconds")}}),
                   flush=True)
+        elif kind == "victim":
+            print(json.dumps({"variant": name, **data}), flush=True)
         elif kind == "end":
             print(f"[{name}] done: {data.get('stage')} ({time.strftime('%H:%M:%S')})", flush=True)
         elif kind == "log":

@@ -157,9 +157,11 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
         # A preprocessing defence (grayscale, blur, projection) is the attacker's deployed pipeline too: the
         # victim is tested on clean test images put through it (ISS; JPEG and bit depth train-only).
         prepared = prepare(defense, images, labels, nc, test_set.images, seed)
-        return run(prepared.images, labels, f"{trained_on} victim ({defense})"
-                   + (f", seed {seed}" if len(seeds) > 1 else ""), test_images=prepared.test_images,
-                   batch_transform=prepared.batch_transform, seed=seed)
+        out = run(prepared.images, labels, f"{trained_on} victim ({defense})"
+                  + (f", seed {seed}" if len(seeds) > 1 else ""), test_images=prepared.test_images,
+                  batch_transform=prepared.batch_transform, seed=seed)
+        on_event("victim", {"trained_on": trained_on, "defense": defense, "seed": seed, "final": out[0], "best": out[1]})
+        return out
 
     def clean_victim(defense: str, seed: int) -> tuple[list[float], list[float], list[list[float]]] | None:
         """The clean-trained victim's final, best and curve: from the cache, trained, or None (not asked for)."""

@@ -363,3 +363,13 @@ def test_a_victim_s_seed_keys_its_cached_clean_result(sets):
     assert _cache_key(ds, ds, dataclasses.replace(CFG, seeds=3), SIZE, 15, "none", 0) == plain  # seed 0 as before
     assert _cache_key(ds, ds, CFG, SIZE, 15, "none", 1) != plain
     assert count_victims(4, profile=False, seeds=3) == 15
+
+
+def test_each_victim_reports_its_result_as_it_finishes(sets):
+    clean, names, tmp = sets
+    prot = write_set(tmp / "prot", shortcut=True, only=names)
+    events: list[dict] = []
+    report = verify(data(clean), prot, dataclasses.replace(CFG, epochs=1, cache=False),
+                    on_event=lambda kind, info: events.append(info) if kind == "victim" else None)
+    assert [(e["trained_on"], e["defense"], e["seed"]) for e in events] == [("clean", "none", 0), ("protected", "none", 0)]
+    assert events[1]["final"] == [r.protected_acc for r in report.tasks]
