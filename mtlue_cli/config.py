@@ -20,6 +20,9 @@ from typing import Any, TypeVar
 from mtlue_cli.errors import ConfigError
 
 SQUEEZES = ("identity", "grayscale", "jpeg", "bits", "blur")  # robust.random_squeeze draws from these
+# Squeezes a recipe may add beyond the default mix: UEraser-lite's colour stage (issue 29; robust.py).
+# op: the attacker's orthogonal projection, refitted on x+δ after every generator epoch (fit.py).
+EXTRA_SQUEEZES = ("ueraser", "op")
 
 # Named strengths map to an explicit L-inf budget (ecosystem §1.6, §5 "Presets").
 EPSILON_PRESETS: dict[str, float] = {"low": 4 / 255, "medium": 8 / 255, "high": 16 / 255}
@@ -33,6 +36,12 @@ STEM_DOWNSAMPLING = {"cifar": 2, "imagenet": 8}  # generator stem -> side of x o
 GENERATOR_STEMS = tuple(STEM_DOWNSAMPLING)
 CONDITIONINGS = ("full", "classwise", "z_only")  # §2.2 ablations
 BOUNDS = ("clamp", "tanh")
+# Decorrelating δ from a class-wise template (issue 29; generator.py): none = the paper; shift = each image's δ
+# circularly shifted and maybe flipped by an amount drawn from its pixels; shift-zm = that, with each channel's
+# spatial mean removed first (no class-wise colour offset either).
+DECORRELATIONS = ("none", "shift", "shift-zm")
+# rgb = the paper's three free channels; luma = one value per pixel on R, G and B alike (issue 29, generator.py)
+COLOURS = ("rgb", "luma")
 WIDTHS = (16, 32, 64)  # 64 = the paper's ResNet-18 stem width (§2.1)
 ER_FORMS = ("code", "paper")  # intra-task regulariser forms (§3.1)
 BINARY_MODES = ("untargeted", "targeted")  # TAP on binary tasks (§3.2, §13.6)
@@ -172,6 +181,8 @@ class FitConfig:
     conditioning: str = "full"  # full|classwise|z_only (§2.2 ablations)
     bound: str = "clamp"  # clamp (the paper's hard ±ε, §2.3) | tanh (ε·tanh: gradients on every pixel)
     width: int = 64  # generator encoder width (§2.1: 64); 32 is ~3x faster on a CPU but weaker (RESULTS.md)
+    decorrelate: str = "none"  # DECORRELATIONS; none = the paper (§2.3: δ = bound(D(.)) as decoded)
+    colour: str = "rgb"  # COLOURS; rgb = the paper (§2.3)
     robust: tuple[str, ...] = ()  # squeezes drawn per batch in the generator loop (SQUEEZES); () = the paper
     robust_surrogate: bool = False  # TAP/SEP surrogate trained on the same squeezes (needs `robust`)
     # With robust_surrogate: unsqueezed batches attack the clean surrogate, squeezed ones the squeeze-trained one.
@@ -210,9 +221,11 @@ class FitConfig:
         _choice("em_stop_mode", self.em_stop_mode, EM_STOP_MODES)
         _choice("conditioning", self.conditioning, CONDITIONINGS)
         _choice("bound", self.bound, BOUNDS)
+        _choice("decorrelate", self.decorrelate, DECORRELATIONS)
+        _choice("colour", self.colour, COLOURS)
         _choice("width", self.width, WIDTHS)
         for squeeze in self.robust:
-            _choice("robust", squeeze, SQUEEZES)
+            _choice("robust", squeeze, SQUEEZES + EXTRA_SQUEEZES)
         if self.robust_surrogate and not self.robust:
             raise ConfigError("--robust-surrogate trains the surrogate on the --robust squeezes: give some")
         if self.paired_surrogates and not self.robust_surrogate:
@@ -276,7 +289,11 @@ class VerifyConfig:
     test_split: float = 0.2
     threshold: float = 5.0  # points above the majority baseline (AUC: above 0.5) that still count as protected
     metric: str = "acc"  # acc|auc (§6.4: mean AUC for multi-label binary data such as ChestX-ray14)
-    seed: int = 0
+    seed: int = 0  # the clean test split's seed (protect's --holdout seed), and the first victim's
+    # Victims per (defence, clean/protected), seeded victim_seed .. victim_seed + seeds - 1 on the same split; the
+    # verdict reads their mean and flags a task within one sd of its threshold (verdict.py).
+    seeds: int = 1
+    victim_seed: int | None = None  # None: `seed` (benchmarks vary the victims' seeds apart from the split's)
     device: str = "auto"
     amp: str = "auto"
     cache: bool = True  # reuse the clean baseline of identical data + recipe (MTLUE_CACHE_DIR)
@@ -291,6 +308,8 @@ class VerifyConfig:
         _choice("victim_stem", self.victim_stem, CLASSIFIER_STEMS)
         _integer("epochs", self.epochs, 1)
         _integer("batch_size", self.batch_size, 1)
+        _integer("seeds", self.seeds, 1)
+        _integer("victim_seed", self.victim_seed, 0, optional=True)
         _milestones("milestones", self.milestones)
         _integer("res", self.res, MIN_SIZE, optional=True)
         _integer("crop", self.crop, MIN_SIZE, self.res, optional=True)

@@ -5,6 +5,8 @@ A library function takes `on_event(kind, info)` and calls it with:
   ("progress", {"stage": str, "done": int, **metrics})   # metrics are shown next to the bar
   ("end",      {"stage": str})
   ("log",      {"message": str, "level": "info" | "warning"})
+  ("victim",   {"trained_on": "clean" | "protected", "defense": str, "seed": int, "final": [float], "best": [float]})
+               # verify: one victim done, its per-task test accuracy (a long run's partial results)
 """
 
 from __future__ import annotations

@@ -135,10 +135,10 @@ def test_verify_is_one_call_and_the_verdict_is_the_reports(monkeypatch, tmp_path
     monkeypatch.setattr("mtlue_cli.verify.run.verify_folder", call)
     _forbid(monkeypatch, "mtlue_cli.verify.run.verify", "mtlue_cli.protect.outputs.read_run")
     result = runner.invoke(app, ["verify", str(out), "--defense", "none,jpeg10", "--epochs", "3", "--device", "cpu",
-                                 "--seed", "5", "--json", str(tmp_path / "r.json"), "-q"], env=ENV)
+                                 "--seed", "5", "--seeds", "3", "--json", str(tmp_path / "r.json"), "-q"], env=ENV)
     assert result.exit_code == 0, result.output  # within majority + 5 points with no defence and after jpeg10
     cfg = make_config(VerifyConfig, VERIFY_RECIPES["quick"], epochs=3, defenses=("none", "jpeg10"), device="cpu",
-                      time_budget=1200.0)
+                      time_budget=1200.0, seeds=3)
     # Left None: what protect recorded in OUT/run.json, which the library reads; save: OUT/verify.json
     assert call.calls == [((VerifyRequest(out, seed=5, save=True), cfg), {})]
     assert json.loads((tmp_path / "r.json").read_text())["effective"] is True

@@ -233,3 +233,24 @@ def test_cli_fit_with_a_bad_option_is_a_usage_error_before_any_work(tmp_path, wo
     assert "internal error" not in result.output
     assert work == {"classifier_steps": 0, "generator_passes": 0}
     assert not (tmp_path / "gen" / "model.safetensors").exists()
+
+
+def test_decorrelate_is_checked_and_reaches_the_generator():
+    from mtlue_cli.config import DECORRELATIONS
+    from mtlue_cli.fit.loop import _build_generator
+    from mtlue_cli.fit.methods import METHODS
+
+    assert FitConfig().decorrelate == "none"  # the paper's δ unless asked
+    with pytest.raises(ConfigError, match="decorrelate"):
+        FitConfig(decorrelate="phase")
+
+    class Spec:
+        def to_dict(self):
+            return {"a": ["0", "1"], "b": ["x", "y", "z"]}
+
+    class Data:
+        spec = Spec()
+
+    for mode in DECORRELATIONS:
+        g = _build_generator(Data(), FitConfig(image_size=16, decorrelate=mode), METHODS["tap"], 1)
+        assert g.decorrelate == mode

@@ -178,3 +178,27 @@ def test_method_rows_carry_every_difference_between_the_methods():
     y = torch.tensor([[0, 1], [2, 0]])
     assert torch.equal(em.stop_target(y, [3, 2]), y)
     assert tap.stop_target(y, [3, 2]).tolist() == sep.stop_target(y, [3, 2]).tolist() == [[1, 0], [0, 1]]
+
+
+def test_informed_options_fit_save_and_reload(tmp_path):
+    cfg = quick(method="tap", epochs=1, bound="tanh", decorrelate="shift-zm", colour="luma",
+                robust=("identity", "ueraser"))
+    fit_generator(tiny_dataset(), cfg, tmp_path / "gen")
+    loaded = load_generator(str(tmp_path / "gen"))
+    assert loaded.model.decorrelate == "shift-zm" and loaded.model.colour == "luma"  # config.json carries them
+    delta = loaded.model(torch.rand(2, 3, 16, 16), torch.tensor([[0, 1], [2, 0]]))
+    assert torch.equal(delta[:, 0], delta[:, 2]) and delta.abs().max() <= 8 / 255
+
+
+def test_op_squeeze_is_refitted_each_epoch_and_passes_gradient(monkeypatch, tmp_path):
+    import mtlue_cli.fit.projection as projection_module
+    from mtlue_cli.fit.squeezes import random_squeeze
+
+    assert random_squeeze(("op",), torch.Generator())[0] == "identity"  # no projection yet: unsqueezed
+    fits = []
+    real = projection_module.fit_projection
+    monkeypatch.setattr(projection_module, "fit_projection", lambda *a, **k: fits.append(len(a[0])) or real(*a, **k))
+    cfg = FitConfig(image_size=16, crop=14, batch_size=6, epochs=2, surrogate_epochs=1, device="cpu", stop_error=0.0,
+                    bound="tanh", robust=("op",))
+    fit_generator(tiny_dataset(), cfg, tmp_path / "gen")
+    assert fits == [12, 12]  # after each epoch, on every image's x+δ

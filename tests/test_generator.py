@@ -193,3 +193,50 @@ def test_config_is_normalised_and_the_weights_carry_their_provenance(tmp_path) -
     loaded = PerturbationGenerator.from_pretrained(tmp_path)
     assert loaded.provenance == {"base_method": "em", "seed": "5", "train_dataset_fingerprint": "", "created": ""}
     assert loaded.config == g.config
+
+
+@pytest.mark.parametrize("mode", ["shift", "shift-zm"])
+def test_decorrelate_moves_delta_per_image_and_every_parameter_gets_a_gradient(mode: str) -> None:
+    torch.manual_seed(0)
+    plain = PerturbationGenerator(TASKS, image_size=16, bound="tanh")
+    moved = PerturbationGenerator(TASKS, image_size=16, bound="tanh", decorrelate=mode)
+    moved.load_state_dict(plain.state_dict())
+    plain.eval(), moved.eval()  # running BN statistics: an image's δ does not depend on its batch
+    x = torch.rand(6, 3, 16, 16)
+    y = torch.zeros(6, len(TASKS), dtype=torch.long)  # one class: a class-wise template would be the same in every row
+    with torch.no_grad():
+        a, b = plain(x, y), moved(x, y)
+    assert not torch.allclose(a, b)  # it changes the pixels
+    assert b.abs().max() <= 8 / 255  # before the bound: the budget holds
+    if mode == "shift":  # a permutation of each image's own values (shift + flip, nothing else)
+        assert torch.allclose(a.flatten(2).sort(-1).values, b.flatten(2).sort(-1).values)
+    else:  # no channel keeps a spatial mean (before tanh, so after it only approximately)
+        assert b.mean(dim=(2, 3)).abs().max() < 0.2 * a.mean(dim=(2, 3)).abs().max() + 1e-3
+    with torch.no_grad():
+        assert torch.equal(moved(x, y), b)  # deterministic: the amounts come from the pixels
+        assert torch.equal(moved(x[2:4], y[2:4]), b[2:4])  # and from nothing else in the batch
+    from mtlue_cli.models.generator import image_code
+
+    assert len(set(image_code(x).tolist())) == 6
+    moved.train()
+    (moved(x, y) * torch.randn(6, 3, 16, 16)).sum().backward()
+    inert = {"decoder.1.bias", "decoder.4.bias"}  # feed an InstanceNorm (test_every_parameter_gets_a_gradient)
+    for name, p in moved.named_parameters():
+        assert p.grad is not None and (name in inert or p.grad.abs().sum() > 0), name
+    assert moved.config["decorrelate"] == mode and "decorrelate" not in plain.config  # the paper's config.json as before
+
+
+def test_luma_colour_gives_equal_channels_that_grayscale_keeps() -> None:
+    from mtlue_cli.fit.squeezes import grayscale
+
+    torch.manual_seed(0)
+    g = PerturbationGenerator(TASKS, image_size=16, bound="tanh", colour="luma")
+    x = torch.rand(4, 3, 16, 16)
+    delta = g(x, _labels(4))
+    assert torch.equal(delta[:, 0], delta[:, 1]) and torch.equal(delta[:, 1], delta[:, 2]) and delta.abs().max() > 0
+    assert torch.allclose(grayscale(0.5 + delta) - 0.5, delta, atol=1e-4)  # luma weights sum to 0.9999
+    (delta * torch.randn_like(delta)).sum().backward()
+    inert = {"decoder.1.bias", "decoder.4.bias"}
+    for name, p in g.named_parameters():
+        assert p.grad is not None and (name in inert or p.grad.abs().sum() > 0), name
+    assert g.config["colour"] == "luma"

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from mtlue_cli.fit.projection import fit_projection
 from mtlue_cli.verify.detect import linear_probe
-from mtlue_cli.verify.projection import fit_projection
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -39,3 +39,18 @@ def test_projection_removes_a_planted_linear_shortcut_and_keeps_the_rest():
     o = projected.float().flatten(1)
     b, o = b - b.mean(0), o - o.mean(0)
     assert float((b * o).sum() / (b.norm() * o.norm())) > 0.95
+
+
+def test_the_fit_loop_s_float_projection_matches_the_defence_and_is_linear():
+    _, images, labels = planted(n=120)
+    projection = fit_projection(images, labels, [4, 2], epochs=5)
+    x = (images.float() / 255).requires_grad_(True)
+    y = projection.apply(x)  # what the `op` squeeze shows the surrogate
+    assert ((y.detach() * 255 - projection(images).float()).abs() <= 0.5 + 1e-3).all()  # the defence, before rounding
+    w = torch.randn_like(x)
+    (y * w).sum().backward()
+    w = w * ((y > 0) & (y < 1))  # clamped outputs pass no gradient
+    q = projection.basis
+    expected = (w.flatten(1) - (w.flatten(1) @ q) @ q.T).view_as(w) / (projection.hi - projection.lo)
+    assert torch.allclose(x.grad, expected, atol=1e-5)  # the true gradient of a linear map (symmetric projector)
+

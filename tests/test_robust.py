@@ -76,3 +76,22 @@ def test_width_scales_the_generator_and_every_parameter_learns(width):
     assert g.encoder.conv1.out_channels == width
     with pytest.raises(ValueError, match="width"):
         PerturbationGenerator(TASKS, image_size=16, width=48)
+
+
+def test_ueraser_squeeze_changes_pixels_and_has_its_true_gradient():
+    from mtlue_cli.fit.ueraser import colour_stage
+
+    torch.manual_seed(0)
+    x = _x().requires_grad_(True)
+    name, fn = random_squeeze(("ueraser",), torch.Generator().manual_seed(0))
+    assert name == "ueraser" and fn is colour_stage
+    torch.manual_seed(1)
+    y = torch.cat([fn(x) for _ in range(4)])  # each image has a 1/8 chance to come through untouched
+    assert (y - x.repeat(4, 1, 1, 1)).abs().amax(dim=(1, 2, 3)).gt(0.05).float().mean() > 0.5
+    y.sum().backward()
+    assert x.grad.abs().sum() > 0 and not torch.equal(x.grad, torch.full_like(x, 4.0))  # not straight-through
+    torch.manual_seed(2)
+    first = colour_stage(x.detach())
+    torch.manual_seed(2)
+    assert torch.equal(colour_stage(x.detach()), first)  # seeded: deterministic
+    assert FitConfig(robust=("identity", "ueraser")).robust == ("identity", "ueraser")

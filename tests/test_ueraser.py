@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mtlue_cli.verify.ueraser import plasma, ueraser_lite
+from mtlue_cli.fit.ueraser import plasma, ueraser_lite
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

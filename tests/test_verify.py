@@ -302,3 +302,74 @@ def test_cli_passes_defense_all_detect_and_plot_to_the_library(sets, monkeypatch
     cfg = seen["cfg"]
     assert (cfg.defenses, cfg.detect, cfg.plot) == (("all",), True, tmp_path / "c.png")
     assert expand_defenses(cfg.defenses) == list(ALL)
+
+
+def test_mean_sd_is_the_sample_sd():
+    from mtlue_cli.verify.verdict import mean_sd
+
+    mean, sd = mean_sd([0.2, 0.4, 0.6])
+    assert mean == pytest.approx(0.4) and sd == pytest.approx(0.2)  # sqrt((0.04 + 0 + 0.04) / 2)
+    assert mean_sd([0.3]) == (0.3, 0.0)
+
+
+def test_seeded_verdict_reads_the_mean_and_flags_tasks_within_noise():
+    from mtlue_cli.verify.verdict import noise_text
+
+    # age: baseline 0.5, line 0.55; seeds 0.52 / 0.56 / 0.60 -> mean 0.56 (above: broken), sd 0.04 > |0.56 - 0.55|
+    age = TaskRow("age", 0.5, 0.8, 0.8, 0.56, 0.0, 0.9, by_defense={"none": 0.56},
+                  by_defense_seeds={"none": [0.52, 0.56, 0.60]})
+    # sex: baseline 0.5; seeds 0.10 / 0.20 / 0.30 -> mean 0.2, sd 0.1: 0.35 from the line, not within noise
+    sex = TaskRow("sex", 0.5, 0.8, 0.8, 0.2, 0.0, 0.9, by_defense={"none": 0.2},
+                  by_defense_seeds={"none": [0.1, 0.2, 0.3]})
+    report = VerifyReport([age, sex], ["none"], 10, 10, {}, {"victim_seeds": [0, 1, 2]}, 5.0)
+    assert report.broken_by == {"none": ["age"]} and report.verdict == "not effective"
+    assert report.within_noise == {"none": ["age"]}
+    assert age.sd("none") == pytest.approx(0.04) and sex.sd("none") == pytest.approx(0.1)
+    assert noise_text(report) == "age with no defence (56.0% ± 4.0%, line 55.0%)"
+    out = report.to_dict()
+    assert out["within_noise"] == {"none": ["age"]}
+    assert out["mean"]["by_defense_seeds"]["none"] == pytest.approx([0.31, 0.38, 0.45])  # task means per seed
+    assert out["mean"]["by_defense_sd"]["none"] == pytest.approx(0.07)
+    assert out["tasks"][0]["by_defense_seeds"] == {"none": [0.52, 0.56, 0.60]}
+
+
+def test_seeds_train_one_victim_per_seed_on_one_split(sets, monkeypatch):
+    import mtlue_cli.models.engine as engine
+
+    clean, names, tmp = sets
+    prot = write_set(tmp / "prot", shortcut=True, only=names)
+    used: list[int] = []
+    seed_everything = engine.seed_everything
+    monkeypatch.setattr(engine, "seed_everything", lambda s: used.append(s) or seed_everything(s))
+    cfg = dataclasses.replace(CFG, epochs=1, seeds=2, victim_seed=3, cache=False)
+    report = verify(data(clean), prot, cfg)
+    assert used == [3, 4, 3, 4]  # clean then protected, seeds 3 and 4
+    assert report.recipe["victim_seeds"] == [3, 4] and report.recipe["seed"] == 0  # the split's seed stays
+    one = verify(data(clean), prot, dataclasses.replace(cfg, seeds=1, victim_seed=0))
+    assert report.test_images == one.test_images  # the same clean test split
+    for row in report.tasks:
+        values = row.by_defense_seeds["none"]
+        assert len(values) == 2 and row.protected_acc == pytest.approx(sum(values) / 2)
+        assert row.clean_acc == pytest.approx(sum(row.clean_by_defense_seeds["none"]) / 2)
+
+
+def test_a_victim_s_seed_keys_its_cached_clean_result(sets):
+    from mtlue_cli.data.dataset import load_dataset
+    from mtlue_cli.verify.run import _cache_key, count_victims
+
+    clean, _, _ = sets
+    ds = load_dataset(data(clean))
+    plain = _cache_key(ds, ds, CFG, SIZE, 15)
+    assert _cache_key(ds, ds, dataclasses.replace(CFG, seeds=3), SIZE, 15, "none", 0) == plain  # seed 0 as before
+    assert _cache_key(ds, ds, CFG, SIZE, 15, "none", 1) != plain
+    assert count_victims(4, profile=False, seeds=3) == 15
+
+
+def test_each_victim_reports_its_result_as_it_finishes(sets):
+    clean, names, tmp = sets
+    prot = write_set(tmp / "prot", shortcut=True, only=names)
+    events: list[dict] = []
+    report = verify(data(clean), prot, dataclasses.replace(CFG, epochs=1, cache=False),
+                    on_event=lambda kind, info: events.append(info) if kind == "victim" else None)
+    assert [(e["trained_on"], e["defense"], e["seed"]) for e in events] == [("clean", "none", 0), ("protected", "none", 0)]
+    assert events[1]["final"] == [r.protected_acc for r in report.tasks]

@@ -266,6 +266,7 @@ def verify(
     skip_bad: SkipBadOpt = False,
     device: DeviceOpt = "auto",
     seed: Annotated[Optional[int], typer.Option(help="Random seed (default: protect's, from run.json, else 0).")] = None,
+    seeds: Annotated[int, typer.Option(help="Victims per defence and training set, seeded --seed .. --seed+N-1 on the same test split: the verdict reads their mean ± sd and says which tasks are within noise of the threshold.")] = 1,
     workers: WorkersOpt = 2,
     debug: DebugOpt = False,
     quiet: QuietOpt = False,
@@ -285,7 +286,7 @@ def verify(
         cfg = make_config(VerifyConfig, VERIFY_RECIPES[recipe], victim=victim, epochs=epochs, res=res,
                           batch_size=batch_size, weighting=weighting, defenses=names(defense) or ("none",),
                           adv_train=adv_train, stl=stl, threshold=threshold, metric=metric, cache=cache,
-                          device=device, amp=amp, detect=detect, plot=plot, profile=profile)
+                          device=device, amp=amp, detect=detect, plot=plot, profile=profile, seeds=seeds)
         if recipe != "paper" or time_budget != "20m":  # the paper recipe trains in full unless a budget is given
             cfg = dataclasses.replace(cfg, time_budget=budget)
         # Left None, the originals, labels, layout, holdout and seed are what protect recorded in OUT/run.json.

@@ -247,12 +247,15 @@ def render_verify(report: Any) -> None:
     for col in ("task", "majority", "clean", "protected", *inline, "best", "train*"):
         table.add_column(col, justify="left" if col == "task" else "right")
 
-    def cell(row: Any, value: float) -> str:
-        return f"[{'green' if row.within(value, report.threshold) else 'red'}]{value:.1%}[/]"
+    seeded = len(report.recipe.get("victim_seeds", [])) > 1
+
+    def cell(row: Any, value: float, defense: str | None = None) -> str:
+        sd = f" ± {row.sd(defense):.1%}" if seeded and defense is not None else ""
+        return f"[{'green' if row.within(value, report.threshold) else 'red'}]{value:.1%}{sd}[/]"
 
     for row in report.tasks:
-        table.add_row(row.task, f"{row.majority:.1%}", f"{row.clean_acc:.1%}", cell(row, row.protected_acc),
-                      *(cell(row, row.by_defense[d]) for d in inline), f"{row.protected_best:.1%}",
+        table.add_row(row.task, f"{row.majority:.1%}", f"{row.clean_acc:.1%}", cell(row, row.protected_acc, "none"),
+                      *(cell(row, row.by_defense[d], d) for d in inline), f"{row.protected_best:.1%}",
                       f"{row.protected_train_acc:.1%}")
     mean = report.to_dict()["mean"]
     table.add_row("[bold]mean[/]", f"{mean['majority']:.1%}", f"{mean['clean_acc']:.1%}", f"{mean['protected_acc']:.1%}",
@@ -263,7 +266,7 @@ def render_verify(report: Any) -> None:
         for col in ("task", *(SHORT_DEFENSE.get(d, d) for d in extra)):
             wide.add_column(col, justify="left" if col == "task" else "right")
         for row in report.tasks:
-            wide.add_row(row.task, *(cell(row, row.by_defense[d]) for d in extra))
+            wide.add_row(row.task, *(cell(row, row.by_defense[d], d) for d in extra))
         wide.add_row("[bold]mean[/]", *(f"{mean['by_defense'][d]:.1%}" for d in extra))
         console.print(wide)
     console.print("[dim]clean / protected: victims trained on the originals / on the protected files; "
@@ -289,6 +292,10 @@ def render_verify(report: Any) -> None:
         console.print(f"protected files: max L-inf {q['max_linf_255']}/255, mean PSNR {q['mean_psnr']:.2f} dB, "
                       f"mean SSIM {q['mean_ssim']:.4f} ({q['files']} files)")
     r = report.recipe
+    if seeded:
+        seeds = r["victim_seeds"]
+        console.print(f"[dim]each figure: the mean over {len(seeds)} victims seeded {seeds[0]}-{seeds[-1]} (± their sd); "
+                      "the verdict reads the mean[/]")
     console.print(f"victims: {r['victim']} ({r['stem']} stem), {r['epochs']} epochs at {r['res']} px (crop {r['crop']}), "
                   f"batch {r['batch_size']}, {r['weighting']} weighting{', adversarial training' if r['adv_train'] else ''}, "
                   f"on {r['device']}; {report.train_images} training / {report.test_images} clean test images "
@@ -301,7 +308,11 @@ def render_verify(report: Any) -> None:
 
 
 def _render_verdict(report: Any, extra: list[str]) -> None:
-    from mtlue_cli.verify.verdict import broken_text
+    from mtlue_cli.verify.verdict import broken_text, noise_text
+
+    if report.within_noise:
+        console.print(f"[yellow]within noise of the threshold (mean less than one seed sd from it; other seeds could "
+                      f"turn the verdict): {escape(noise_text(report))}[/]", highlight=False)
 
     if report.effective:
         console.print(f"[bold green]protection effective[/]: every task stays within {report.threshold:g} points of its "

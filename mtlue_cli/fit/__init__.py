@@ -1,5 +1,7 @@
 """Stage 3, fitting a generator: ONE loop for EM, TAP and SEP (`loop`), their objectives and regularisers
-(`losses`), the surrogates they attack (`surrogate`), the attacker's squeezes in the loop (`squeezes`), and a
+(`losses`), the surrogates they attack (`surrogate`), the attacker's squeezes in the loop (`squeezes`) and the
+informed attacker's defences it can train through and `verify` applies (`projection`: orthogonal projection;
+`ueraser`: UEraser-lite), and a
 fit on a folder of labelled images with the recipe resolved for this machine (`folder`).
 
 May import: the shared modules, `data`, `models`. Never protect, verify, hub or cli.

@@ -40,6 +40,8 @@ from mtlue_cli.models.engine import (
 )
 from mtlue_cli.models.generator import PerturbationGenerator
 
+OP_IMAGES = 10_000  # the `op` squeeze refits its projection on at most this many of an epoch's x+δ (memory)
+
 
 @dataclass
 class FitResult:
@@ -126,6 +128,11 @@ def fit_generator(dataset: MultiTaskImageDataset, cfg: FitConfig, out: Path, on_
                                     lambda value: progress.step(epoch + 1, value))
             for _ in range(sched_steps):
                 scheduler.step()
+            if attack.seen:  # the `op` squeeze: the attacker's projection of this epoch's x+δ (issue 29)
+                from mtlue_cli.fit.projection import fit_projection
+
+                images, labels = (torch.cat(part) for part in zip(*attack.seen))
+                attack.projection, attack.seen = fit_projection(images, labels, ctx.num_classes, cfg.seed + epoch), []
             if surrogates.trainer is not None:  # §4.2 (b): two surrogate minibatches on A(x + G(x, y))
                 _train_em_surrogate(ctx, surrogates.trainer, g_module, generator, em_batches, cfg.em_train_steps)
             train_mode = surrogates.trainer is not None and cfg.em_stop_mode == "train"
@@ -191,6 +198,7 @@ def _build_generator(dataset: MultiTaskImageDataset, cfg: FitConfig, method: Met
     generator = PerturbationGenerator(
         tasks=dataset.spec.to_dict(), image_size=cfg.image_size, epsilon=cfg.epsilon, stem=cfg.stem,
         unprotected=list(cfg.unprotected) or None, conditioning=cfg.conditioning, bound=cfg.bound, width=cfg.width,
+        decorrelate=cfg.decorrelate, colour=cfg.colour,
     )
     if method.ensemble and cfg.sep_paper_weighting:
         # §14.1: the official loop moves BN statistics 15x per batch (effective momentum ~0.79).
@@ -249,6 +257,8 @@ class _Attack:
     regulariser: Regulariser
     reg_scale: float
     recompute: bool  # SEP the official way: δ regenerated per checkpoint (sep_recompute, §11)
+    projection: Any = None  # the `op` squeeze's projection.Projection, refitted after every epoch
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # this epoch's uint8 x+δ and labels
 
     def backward(self, ctx: FitContext, g_module: nn.Module, generator: PerturbationGenerator, x: torch.Tensor,
                  y: torch.Tensor) -> torch.Tensor:
@@ -256,8 +266,11 @@ class _Attack:
         if self.recompute:
             return _sep_recompute(g_module, generator, self.surrogates.attacked, x, y, ctx.num_classes, self.regulariser)
         # EOT over the attacker's squeezes (robust.py; a deviation from §4.1, off in paper-*)
-        name, squeeze = random_squeeze(self.robust, ctx.gen)
-        xp = squeeze(perturbed(x, y, g_module))
+        name, squeeze = random_squeeze(self.robust, ctx.gen, self.projection.apply if self.projection else None)
+        xp = perturbed(x, y, g_module)
+        if "op" in self.robust and sum(len(i) for i, _ in self.seen) < OP_IMAGES:  # the attacker fits on released pixels
+            self.seen.append(((xp.detach().float().cpu() * 255).round().to(torch.uint8), y.cpu()))
+        xp = squeeze(xp)
         if self.method.augment:
             xp = augment(xp, ctx.crop, ctx.gen)
         logits = [[t.float() for t in s(xp)] for s in self.surrogates.for_squeeze(name)]

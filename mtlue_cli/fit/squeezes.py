@@ -64,12 +64,19 @@ def resize_blur(x: torch.Tensor, scale: float) -> torch.Tensor:
     return F.interpolate(down, size=(h, w), mode="bilinear", align_corners=False)
 
 
-def random_squeeze(names: tuple[str, ...], gen: torch.Generator) -> tuple[str, Callable[[torch.Tensor], torch.Tensor]]:
-    """Draw one of `names` (config.SQUEEZES, checked by FitConfig) and its strength for a batch; returns its
-    label and the function."""
+def random_squeeze(names: tuple[str, ...], gen: torch.Generator,
+                   projection: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                   ) -> tuple[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """Draw one of `names` (config.SQUEEZES and EXTRA_SQUEEZES, checked by FitConfig) and its strength for a batch;
+    returns its label and the function. `projection`: the `op` squeeze's current projection (None: identity)."""
     if not names:
         return "identity", lambda x: x
     name = names[int(torch.randint(len(names), (1,), generator=gen))]
+    if name == "op":
+        # Orthogonal projection in the loop (issue 29, not in the default mix): the attacker's per-task linear
+        # classifiers, refitted on x+δ after each generator epoch (fit.py), their span projected out with the true
+        # gradient (a linear map). Before the first refit there is none yet: the batch goes through unsqueezed.
+        return ("op", projection) if projection is not None else ("identity", lambda x: x)
     if name == "grayscale":
         return name, grayscale
     if name == "jpeg":
@@ -78,6 +85,14 @@ def random_squeeze(names: tuple[str, ...], gen: torch.Generator) -> tuple[str, C
     if name == "bits":
         b = BIT_DEPTHS[int(torch.randint(len(BIT_DEPTHS), (1,), generator=gen))]
         return f"bdr{b}", lambda x: bit_depth(x, b)
+    if name == "ueraser":
+        # UEraser-lite's colour stage (issue 29, not in the default mix): plasma brightness and contrast and a
+        # channel shuffle, with their true gradient. Its TrivialAugment stage stays out of the loop: its geometric
+        # operations are the crop/flip family the fit already augments with, and Sharpness, AutoContrast and
+        # Equalize pass no gradient. Draws from torch's global generator (seeded by the fit).
+        from mtlue_cli.fit.ueraser import colour_stage
+
+        return name, colour_stage
     if name == "blur":
         lo, hi = BLUR_SCALES
         s = lo + (hi - lo) * float(torch.rand((), generator=gen))

@@ -1,7 +1,7 @@
 """The surrogates a generator attacks (method-spec §5): prepared once per fit (cached for --resume), and
 their accuracy on x + G(x, y), which the stop rule reads.
 
-Each base method has one provider in fit.loop.METHODS: EM trains a fresh surrogate alternately with the
+Each base method has one provider in fit.methods.METHODS: EM trains a fresh surrogate alternately with the
 generator (§4.2); TAP attacks the final state of a clean pre-trained model (§4.3); SEP attacks its
 periodic checkpoints (§4.4).
 """

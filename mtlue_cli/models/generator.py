@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock
 
 from mtlue_cli import __version__
-from mtlue_cli.config import BOUNDS, CONDITIONINGS, GENERATOR_STEMS, STEM_DOWNSAMPLING, WIDTHS
+from mtlue_cli.config import BOUNDS, COLOURS, CONDITIONINGS, DECORRELATIONS, GENERATOR_STEMS, STEM_DOWNSAMPLING, WIDTHS
 from mtlue_cli.errors import WeightsError
 from mtlue_cli.files import atomic_write, write_text
 
@@ -98,6 +98,10 @@ class PerturbationGenerator(
         bound: "clamp" (the paper's hard ±ε, §2.3) or "tanh" (ε·tanh, gradient on every pixel).
         width: channels of the encoder's first stage (64 = the paper's; z has 2*width channels and the
             decoder width and width/2). 32 costs about a quarter of the paper's MACs (method-spec §14.3).
+        decorrelate: "none" (the paper), "shift" or "shift-zm": see `decorrelate`.
+        colour: "rgb" (the paper) or "luma": the channels' mean on every channel (deviation from §2.3, issue 29).
+            An equal change of R, G and B is left as it is by grayscale (its weights sum to 1) and by a channel
+            shuffle, the two colour squeezes that erase a colour-coded shortcut.
     """
 
     def __init__(
@@ -112,6 +116,8 @@ class PerturbationGenerator(
         conditioning: str = "full",
         bound: str = "clamp",
         width: int = 64,
+        decorrelate: str = "none",
+        colour: str = "rgb",
     ) -> None:
         super().__init__()
         tasks = _check_tasks(tasks)
@@ -123,6 +129,10 @@ class PerturbationGenerator(
             raise ValueError(f"unknown conditioning {conditioning!r}: use one of {', '.join(CONDITIONINGS)}")
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 (grey) or 3 (RGB), got {in_channels}")
+        if decorrelate not in DECORRELATIONS:
+            raise ValueError(f"unknown decorrelate {decorrelate!r}: use one of {', '.join(DECORRELATIONS)}")
+        if colour not in COLOURS:
+            raise ValueError(f"unknown colour {colour!r}: use one of {', '.join(COLOURS)}")
         if width not in WIDTHS:
             raise ValueError(f"width must be one of {', '.join(map(str, WIDTHS))}, got {width}")
         if not 0 < epsilon < 1:
@@ -150,6 +160,8 @@ class PerturbationGenerator(
         self.conditioning = conditioning
         self.bound = bound
         self.width = width
+        self.decorrelate = decorrelate
+        self.colour = colour
         self.provenance: dict[str, str] = {}  # PROVENANCE keys; written to and read from model.safetensors
 
         size = self.latent_size
@@ -171,8 +183,9 @@ class PerturbationGenerator(
 
     @property
     def config(self) -> dict[str, Any]:
-        """The arguments that rebuild this generator, as config.json holds them: keys sorted, tasks in order."""
-        return {
+        """The arguments that rebuild this generator, as config.json holds them: keys sorted, tasks in order.
+        `decorrelate` appears only when set, so the paper's generators keep the config.json they always had."""
+        config = {
             "bound": self.bound,
             "conditioning": self.conditioning,
             "embed_channels": self.embed_channels,
@@ -184,6 +197,11 @@ class PerturbationGenerator(
             "unprotected": list(self.unprotected),
             "width": self.width,
         }
+        if self.decorrelate != "none":
+            config["decorrelate"] = self.decorrelate
+        if self.colour != "rgb":
+            config["colour"] = self.colour
+        return dict(sorted(config.items()))
 
     def weights_metadata(self) -> dict[str, str]:
         """The string metadata of model.safetensors: the format, budget and tasks, then `provenance`."""
@@ -244,6 +262,10 @@ class PerturbationGenerator(
             parts.append(self.encoder(x))  # (B, 2*width, S, S)
         h = torch.cat(parts, dim=1)  # (B, 16*K + 2*width, S, S) for "full"
         out = self.decoder(h)  # (B, C, H, W)
+        if self.decorrelate != "none":
+            out = decorrelate(out, x, zero_mean=self.decorrelate == "shift-zm")  # (B, C, H, W)
+        if self.colour == "luma":
+            out = out.mean(dim=1, keepdim=True).expand_as(out)  # (B, C, H, W), equal channels
         # Clamp at epsilon itself, not upstream's 0.0314 > 8/255 (§2.3, §13.3). Hard clamp as
         # upstream: saturated pixels pass no gradient.
         bound = _largest_not_above(self.epsilon, out.dtype)
@@ -301,6 +323,38 @@ class PerturbationGenerator(
         model = cls(**model_kwargs)
         model.load_weights(weights)
         return model.eval().to(map_location)
+
+
+def decorrelate(out: Tensor, x: Tensor, zero_mean: bool = False) -> Tensor:
+    """Deviation from §2.3 (option decorrelate, issue 29): circularly shift each image's decoder output by its own
+    (dy, dx), and flip it horizontally for half the images, before the bound. The surrogate sees δ so moved, so
+    the class signal the generator learns has to survive any placement (a texture, not a class-wise template), and
+    the class mean of the released δ is spread over every position: less of it lies in the span of a per-class
+    linear classifier, which orthogonal projection removes. With `zero_mean`, each channel's spatial mean is
+    removed first, so no class-wise colour offset (the one template a shift leaves in place) survives either.
+
+    The amounts come from the image's own pixels (`image_code`), not a random generator: one image gets the same
+    placement in every batch, in `fit` and in `protect`, and protect stays deterministic and batch-independent.
+    The generator cannot predict them from what it is given. (B,C,H,W), x (B,C',H,W) -> (B,C,H,W)."""
+    b, c, h, w = out.shape
+    if zero_mean:
+        out = out - out.mean(dim=(2, 3), keepdim=True)
+    code = image_code(x)  # (B,)
+    dy, dx, flip = code % h, (code // h) % w, (code // (h * w)) % 2 == 1
+    rows = (torch.arange(h, device=out.device) - dy[:, None]) % h  # (B, H): output row i reads row i - dy
+    cols = (torch.arange(w, device=out.device) - dx[:, None]) % w  # (B, W)
+    cols = torch.where(flip[:, None], w - 1 - cols, cols)
+    out = out.gather(2, rows.view(b, 1, h, 1).expand(b, c, h, w))
+    return out.gather(3, cols.view(b, 1, 1, w).expand(b, c, h, w))
+
+
+def image_code(x: Tensor) -> Tensor:
+    """A pseudo-random integer per image (B,) in [0, 2^31 - 1) from its 8-bit pixels: a fixed weighted sum, mod a prime."""
+    q = (x.detach().clamp(0, 1) * 255).round().to(torch.int64).flatten(1)  # (B, D)
+    prime = 2**31 - 1
+    weights = (torch.arange(1, q.shape[1] + 1, device=x.device, dtype=torch.int64) * 2654435761) % prime  # (D,)
+    code = (q * weights).sum(1) % prime  # < 255 * 2^31 * D: no int64 overflow below D = 1.6e7
+    return (code * 48271) % prime  # one Lehmer step: neighbouring sums land far apart
 
 
 def _largest_not_above(value: float, dtype: torch.dtype) -> float:

@@ -18,7 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from mtlue_cli import __version__
-from mtlue_cli.config import BOUNDS, CONDITIONINGS, GENERATOR_STEMS, MAX_EPSILON, STEM_DOWNSAMPLING, WIDTHS
+from mtlue_cli.config import (
+    BOUNDS,
+    COLOURS,
+    CONDITIONINGS,
+    DECORRELATIONS,
+    GENERATOR_STEMS,
+    MAX_EPSILON,
+    STEM_DOWNSAMPLING,
+    WIDTHS,
+)
 from mtlue_cli.errors import MtlueError, WeightsError
 from mtlue_cli.files import file_sha256, write_text
 from mtlue_cli.models.card import model_card
@@ -80,7 +89,7 @@ def validate_config(config: Any, where: str) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise bad("not a JSON object")
     allowed = {"tasks", "image_size", "in_channels", "epsilon", "stem", "embed_channels", "unprotected", "conditioning",
-               "bound", "width"}
+               "bound", "width", "decorrelate", "colour"}
     extra = set(config) - allowed
     if extra:
         raise bad(f"unknown keys {sorted(extra)}")
@@ -106,6 +115,8 @@ def validate_config(config: Any, where: str) -> dict[str, Any]:
         raise bad(f"'bound' must be one of {BOUNDS}")
     if config.get("width", 64) not in WIDTHS:
         raise bad(f"'width' must be one of {WIDTHS}")
+    if config.get("decorrelate", "none") not in DECORRELATIONS or config.get("colour", "rgb") not in COLOURS:
+        raise bad(f"'decorrelate' must be one of {DECORRELATIONS} and 'colour' one of {COLOURS}")
     if config.get("stem", "cifar") not in GENERATOR_STEMS or config.get("conditioning", "full") not in CONDITIONINGS:
         raise bad(f"'stem' must be one of {GENERATOR_STEMS} and 'conditioning' one of {CONDITIONINGS}")
     unprotected = config.get("unprotected") or []

@@ -1,5 +1,6 @@
 """Stage 5, verifying: victims trained on the protected files as written and on the originals (`verify`), the
-attacker's defences (`defenses`; orthogonal projection in `projection`, UEraser-lite in `ueraser`), linear-probe
+attacker's defences (`defenses`; orthogonal projection and UEraser-lite live in `fit`, which trains through
+them too), linear-probe
 detectability (`detect`), the report and its verdict (`verdict`) and the learning-curve picture (`plot`).
 
 May import: the shared modules, `data`, `models`, `fit` (the squeezes), `protect` (the folder format).

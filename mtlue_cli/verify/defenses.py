@@ -142,12 +142,12 @@ def prepare(name: str, images: torch.Tensor, labels: torch.Tensor, num_classes: 
     projection), to the test images where the deployed model would apply it too, or in the training loop."""
     name = name.strip().lower()
     if name == "op":
-        from mtlue_cli.verify.projection import fit_projection
+        from mtlue_cli.fit.projection import fit_projection
 
         projection = fit_projection(images, labels, num_classes, seed)
         return Prepared(projection(images), projection(test_images), None)
     if name == "ueraser-lite":
-        from mtlue_cli.verify.ueraser import ueraser_lite
+        from mtlue_cli.fit.ueraser import ueraser_lite
 
         return Prepared(images, None, ueraser_lite)
     transform = parse_defense(name)

@@ -24,7 +24,7 @@ from mtlue_cli.errors import ConfigError, DatasetError
 from mtlue_cli.events import OnEvent, log, noop
 from mtlue_cli.files import write_text
 from mtlue_cli.protect import outputs
-from mtlue_cli.verify.verdict import DefenseProfile, TaskRow, VerifyReport, judge  # noqa: F401 (the public names)
+from mtlue_cli.verify.verdict import DefenseProfile, TaskRow, VerifyReport, judge, mean_sd  # noqa: F401 (the public names)
 
 
 def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConfig | None = None,
@@ -98,7 +98,11 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
     device = resolve_device(cfg.device)
     crop = cfg.crop or default_crop(res)
     per_epoch = _seconds_per_epoch(cfg, nc, crop, device, len(prot_set))
-    victims = count_victims(len(defenses), len(nc) if cfg.stl else 0, cfg.profile)
+    # Victim seeds apart from the split's (cfg.seed): the same clean test split, victims differing in init, batch
+    # order, crops and the defence's own draws.
+    first = cfg.seed if cfg.victim_seed is None else cfg.victim_seed
+    seeds = list(range(first, first + cfg.seeds))
+    victims = count_victims(len(defenses), len(nc) if cfg.stl else 0, cfg.profile, cfg.seeds)
     if cfg.time_budget is not None:
         # The plan counts the clean victims whether or not their results are cached: the epochs are part of the
         # cache key, so a plan that depended on the cache would change the key it was looked up by.
@@ -108,12 +112,13 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
                 "(--time-budget none trains the full recipe)")
         cfg = dataclasses.replace(cfg, epochs=epochs)
     clean_defenses = defenses if cfg.profile else ["none"]
-    cache_files = {d: _cache_dir() / f"{_cache_key(clean_train, test_set, cfg, res, crop, d)}.json" for d in clean_defenses}
-    cached = [d for d in clean_defenses if cfg.cache and cache_files[d].is_file()]
+    cache_files = {(d, s): _cache_dir() / f"{_cache_key(clean_train, test_set, cfg, res, crop, d, s)}.json"
+                   for d in clean_defenses for s in seeds}
+    cached = [key for key in cache_files if cfg.cache and cache_files[key].is_file()]
     trained = victims - len(cached)
     log(on_event, f"expected time: about {max(1, round(trained * per_epoch * cfg.epochs / 60))} min for {trained} victim(s): "
         f"protected-trained with {', '.join(defenses)}, clean-trained with {', '.join(clean_defenses)}"
-        f"{', STL' if cfg.stl else ''}"
+        f"{', STL' if cfg.stl else ''}" + (f"; {cfg.seeds} victim seeds each ({seeds[0]}-{seeds[-1]})" if cfg.seeds > 1 else "")
         + (f" ({len(cached)} clean-trained result(s) cached)" if cached else ""))
     milestones = lr_milestones(cfg.epochs, cfg.milestones)
     # The chance level a victim must beat: the majority class or a uniform guess for accuracy, 0.5 for AUC.
@@ -132,8 +137,8 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
                                nc, cfg.seed)
 
     def run(images: Any, labels: Any, name: str, task_weights: Any = None, test_images: Any = None,
-            batch_transform: Any = None) -> tuple[list[float], list[float], list[float], list[list[float]]]:
-        gen = seed_everything(cfg.seed)  # the same init and batch order for every victim
+            batch_transform: Any = None, seed: int = first) -> tuple[list[float], list[float], list[float], list[list[float]]]:
+        gen = seed_everything(seed)  # the same init and batch order for every victim of one seed
         model = MTLClassifier(nc, arch=cfg.victim, stem=cfg.victim_stem, image_size=crop)
         trainer = ClassifierTrainer(model, nc, lr=cfg.lr, weight_decay=cfg.weight_decay, milestones=milestones,
                                     weighting=cfg.weighting, device=device, amp=cfg.amp, task_weights=task_weights)
@@ -148,41 +153,52 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
         train_acc = evaluate(trainer.model, images, labels, nc, crop, device, metric=cfg.metric)
         return curve[-1], best, train_acc, curve  # type: ignore[return-value]
 
-    def victim(trained_on: str, defense: str) -> tuple[list[float], list[float], list[float], list[list[float]]]:
+    def victim(trained_on: str, defense: str, seed: int) -> tuple[list[float], list[float], list[float], list[list[float]]]:
         """One victim trained on the clean originals or the protected files, under `defense`."""
         images, labels = (clean_train.images, clean_train.labels) if trained_on == "clean" else (prot_set.images, prot_labels)
         # A preprocessing defence (grayscale, blur, projection) is the attacker's deployed pipeline too: the
         # victim is tested on clean test images put through it (ISS; JPEG and bit depth train-only).
-        prepared = prepare(defense, images, labels, nc, test_set.images, cfg.seed)
-        return run(prepared.images, labels, f"{trained_on} victim ({defense})", test_images=prepared.test_images,
-                   batch_transform=prepared.batch_transform)
+        prepared = prepare(defense, images, labels, nc, test_set.images, seed)
+        out = run(prepared.images, labels, f"{trained_on} victim ({defense})"
+                  + (f", seed {seed}" if len(seeds) > 1 else ""), test_images=prepared.test_images,
+                  batch_transform=prepared.batch_transform, seed=seed)
+        on_event("victim", {"trained_on": trained_on, "defense": defense, "seed": seed, "final": out[0], "best": out[1]})
+        return out
+
+    def clean_victim(defense: str, seed: int) -> tuple[list[float], list[float], list[list[float]]] | None:
+        """The clean-trained victim's final, best and curve: from the cache, trained, or None (not asked for)."""
+        cache_file = cache_files.get((defense, seed))
+        if cache_file is None:  # no --profile: the clean-trained victim is trained without defence only
+            return None
+        if (defense, seed) in cached:
+            found = json.loads(cache_file.read_text())
+            log(on_event, f"clean victim ({defense}): cached result reused ({cache_file})")
+            return found["final"], found["best"], found["curve"]
+        final, best, _, curve = victim("clean", defense, seed)
+        if cfg.cache:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)  # atomic: parallel runs may share the cache
+            write_text(cache_file, json.dumps({"final": final, "best": best, "curve": curve}))
+        return final, best, curve
 
     rows = [TaskRow(spec.names[k], majority[k], 0.0, 0.0, 0.0, 0.0, 0.0, chance=chance[k]) for k in range(len(nc))]
     curves: dict[str, dict[str, list[list[float]]]] = {"clean": {}, "protected": {}}
     for defense in defenses:
-        cache_file = cache_files.get(defense)
-        if cache_file is None:  # no --profile: the clean-trained victim is trained without defence only
-            clean_acc = clean_best = clean_curve = None
-        elif defense in cached:
-            found = json.loads(cache_file.read_text())
-            clean_acc, clean_best, clean_curve = found["final"], found["best"], found["curve"]
-            log(on_event, f"clean victim ({defense}): cached result reused ({cache_file})")
-        else:
-            clean_acc, clean_best, _, clean_curve = victim("clean", defense)
-            if cfg.cache:
-                cache_file.parent.mkdir(parents=True, exist_ok=True)  # atomic: parallel runs may share the cache
-                write_text(cache_file, json.dumps({"final": clean_acc, "best": clean_best, "curve": clean_curve}))
-        acc, best, train_acc, curve = victim("protected", defense)
-        curves["protected"][defense] = curve
-        if clean_curve is not None:
-            curves["clean"][defense] = clean_curve
+        cleans = [c for c in (clean_victim(defense, seed) for seed in seeds) if c is not None]
+        prots = [victim("protected", defense, seed) for seed in seeds]
+        curves["protected"][defense] = _mean_curve([p[3] for p in prots])
+        if cleans:
+            curves["clean"][defense] = _mean_curve([c[2] for c in cleans])
         for k, row in enumerate(rows):
-            row.by_defense[defense] = acc[k]
-            if clean_acc is not None:
-                row.clean_by_defense[defense] = clean_acc[k]
+            row.by_defense_seeds[defense] = [p[0][k] for p in prots]
+            row.by_defense[defense] = mean_sd(row.by_defense_seeds[defense])[0]
+            if cleans:
+                row.clean_by_defense_seeds[defense] = [c[0][k] for c in cleans]
+                row.clean_by_defense[defense] = mean_sd(row.clean_by_defense_seeds[defense])[0]
             if defense == "none":
-                row.clean_acc, row.clean_best = clean_acc[k], clean_best[k]
-                row.protected_acc, row.protected_best, row.protected_train_acc = acc[k], best[k], train_acc[k]
+                row.clean_acc = row.clean_by_defense[defense]
+                row.clean_best = mean_sd([c[1][k] for c in cleans])[0]
+                row.protected_acc = row.by_defense[defense]
+                row.protected_best, row.protected_train_acc = (mean_sd([p[i][k] for p in prots])[0] for i in (1, 2))
     if cfg.stl:
         for k, row in enumerate(rows):
             weights = torch.nn.functional.one_hot(torch.tensor(k), len(nc)).float()
@@ -190,7 +206,7 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
             row.stl_protected_acc = run(prot_set.images, prot_labels, f"STL protected {row.task}", weights)[0][k]
     recipe = {"victim": cfg.victim, "stem": cfg.victim_stem, "epochs": cfg.epochs, "milestones": list(milestones),
               "res": res, "crop": crop, "batch_size": cfg.batch_size, "lr": cfg.lr, "weighting": cfg.weighting,
-              "adv_train": cfg.adv_train, "seed": cfg.seed, "metric": cfg.metric, "augment": "per-sample random crop + flip",
+              "adv_train": cfg.adv_train, "seed": cfg.seed, "victim_seeds": seeds, "metric": cfg.metric, "augment": "per-sample random crop + flip",
               "device": str(device), "test": "separate folder" if test is not None else f"seeded split {cfg.test_split}"}
     report = VerifyReport(rows, defenses, len(prot_set), len(test_set), outputs.quality(protected), recipe, cfg.threshold,
                           curves=curves, detect=detectability)
@@ -256,10 +272,16 @@ def verify_folder(request: VerifyRequest, cfg: VerifyConfig, on_event: OnEvent |
     return report
 
 
-def count_victims(defenses: int, stl_tasks: int = 0, profile: bool = True) -> int:
-    """Victims a run trains: a protected-trained one per defence ('none' included), a clean-trained one per
-    defence with `profile` (else one, without defence), and two per task for --stl (0 tasks without it)."""
-    return defenses + (defenses if profile else 1) + 2 * stl_tasks
+def count_victims(defenses: int, stl_tasks: int = 0, profile: bool = True, seeds: int = 1) -> int:
+    """Victims a run trains: per victim seed, a protected-trained one per defence ('none' included) and a
+    clean-trained one per defence with `profile` (else one, without defence); two per task for --stl (0 tasks
+    without it; first seed only)."""
+    return seeds * (defenses + (defenses if profile else 1)) + 2 * stl_tasks
+
+
+def _mean_curve(curves: list[list[list[float]]]) -> list[list[float]]:
+    """Per epoch and task, the mean over the victim seeds' test-accuracy curves."""
+    return [[sum(v) / len(v) for v in zip(*epoch)] for epoch in zip(*curves)]
 
 
 def plan_epochs(epochs: int, budget: float, victims: int, seconds_per_epoch: float) -> int:
@@ -296,12 +318,16 @@ def _cache_dir() -> Path:
 
 
 def _cache_key(train: MultiTaskImageDataset, test: MultiTaskImageDataset, cfg: VerifyConfig, res: int, crop: int,
-               defense: str = "none") -> str:
-    """A clean-trained victim depends only on the clean pixels, the labels, the recipe and its defence."""
+               defense: str = "none", seed: int | None = None) -> str:
+    """A clean-trained victim depends only on the clean pixels, the labels, the recipe, its defence and its seed."""
     # adv_train stays in: the clean victim is trained adversarially too. time_budget is out: the epochs
-    # it chose are in the recipe already.
+    # it chose are in the recipe already. The victim's own seed stands in `seed` (the split is in the
+    # train/test fingerprints), so a one-seed run keeps the key it had before victim seeds existed.
     recipe = {k: v for k, v in asdict(cfg).items()
-              if k not in ("defenses", "stl", "threshold", "device", "cache", "time_budget", "detect", "plot", "profile")}
+              if k not in ("defenses", "stl", "threshold", "device", "cache", "time_budget", "detect", "plot", "profile",
+                           "seeds", "victim_seed")}
+    if seed is not None:
+        recipe["seed"] = seed
     h = hashlib.sha256(json.dumps([recipe, res, crop, defense], sort_keys=True, default=str).encode())
     h.update(train.fingerprint().encode())
     h.update(test.fingerprint().encode())

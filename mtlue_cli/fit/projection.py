@@ -31,8 +31,19 @@ class Projection:
 
     def project(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B,C,H,W) -> the projected float images (B,C,H,W), before the range map."""
-        x = images.flatten(1).float() / 255  # (B, D)
-        return (x - ((x - self.mean) @ self.basis) @ self.basis.T).view(images.shape)
+        return self.project_float(images.float() / 255)
+
+    def project_float(self, x: torch.Tensor) -> torch.Tensor:
+        """Float images in [0, 1] (B,C,H,W) -> projected (B,C,H,W), before the range map. Linear in x, so the
+        generator's loop trains through it with the true gradient (robust.py's `op` squeeze)."""
+        flat = x.flatten(1)  # (B, D)
+        basis, mean = self.basis.to(x), self.mean.to(x)
+        return (flat - ((flat - mean) @ basis) @ basis.T).view(x.shape)
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """What the attacker's victim trains on, in float and differentiable: projected, range-mapped, in [0, 1]
+        (B,C,H,W). `__call__` is this, quantised to uint8."""
+        return ((self.project_float(x) - self.lo) / (self.hi - self.lo)).clamp(0, 1)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N,C,H,W) -> uint8 (N,C,H,W), CHUNK images at a time (bounded memory). Re-quantised so the

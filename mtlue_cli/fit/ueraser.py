@@ -41,9 +41,19 @@ def ueraser_lite(x: torch.Tensor) -> torch.Tensor:
     torch's global generator, which verify seeds per victim."""
     from torchvision.transforms import v2
 
+    out = colour_stage(x)
+    trivial = v2.TrivialAugmentWide()
+    # Per image: applied to a batch, torchvision draws one operation for the whole batch.
+    return torch.stack([trivial(img) for img in out]).clamp_(0, 1)
+
+
+def colour_stage(x: torch.Tensor) -> torch.Tensor:
+    """UEraser's colour augmentations of a float batch in [0, 1] (B,C,H,W), each with probability 1/2 per image:
+    plasma brightness, plasma contrast, channel shuffle. Differentiable in x (the generator's loop trains
+    through it: robust.py); draws from torch's global generator."""
     b, c, _, _ = x.shape
     dev = x.device
-    out = x.clone()
+    out = x
     pick = torch.rand(3, b, device=dev) < P
     if pick[0].any():  # kornia RandomPlasmaBrightness: x + intensity * (2 * plasma - 1)
         field = 2 * plasma(x.shape, _uniform(b, ROUGHNESS, dev), dev) - 1
@@ -56,6 +66,4 @@ def ueraser_lite(x: torch.Tensor) -> torch.Tensor:
         order = torch.argsort(torch.rand(b, c, device=dev), dim=1)  # (B,C) a permutation per image
         shuffled = torch.gather(out, 1, order.view(b, c, 1, 1).expand_as(out))
         out = torch.where(pick[2].view(-1, 1, 1, 1), shuffled, out)
-    trivial = v2.TrivialAugmentWide()
-    # Per image: applied to a batch, torchvision draws one operation for the whole batch.
-    return torch.stack([trivial(img) for img in out]).clamp_(0, 1)
+    return out
