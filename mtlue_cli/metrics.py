@@ -164,7 +164,8 @@ def angular_errors(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def angle_scores(errors: torch.Tensor) -> dict[str, float]:
     """Mean and median angular error and the share of pixels within each of ANGLE_THRESHOLDS (nan without pixels)."""
     if errors.numel() == 0:
-        return {"mean_angle": math.nan, "median_angle": math.nan, **{f"within_{t:g}": math.nan for t in ANGLE_THRESHOLDS}}
+        nan = math.nan
+        return {"mean_angle": nan, "median_angle": nan, **{f"within_{t:g}": nan for t in ANGLE_THRESHOLDS}}
     e = errors.double().cpu().numpy()
     return {"mean_angle": float(e.mean()), "median_angle": float(np.median(e)),  # np.median: the mean of the middles
             **{f"within_{t:g}": float((e < t).mean()) for t in ANGLE_THRESHOLDS}}

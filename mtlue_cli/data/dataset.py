@@ -125,6 +125,10 @@ def load_dataset(cfg: DataConfig, on_event: OnEvent | None = None, table: LabelT
     n, size = len(table.records), cfg.size
     images = _allocate(n, size, cfg.cache)
     kinds, reading = table.spec.kinds, reading_of(cfg)
+    too_many = [n for n, k in zip(table.spec.names, kinds) if getattr(k, "classes", 0) > SEG_MAX_CLASSES and k.dense]
+    if too_many:
+        raise DatasetError(f"segmentation task(s) {too_many} have over {SEG_MAX_CLASSES} classes, more than the "
+                           "int16 maps hold")
     maps = [_allocate_map(kind.name, n, size) if kind.dense else None for kind in kinds]
     ok = [False] * n
 
@@ -164,6 +168,7 @@ def load_dataset(cfg: DataConfig, on_event: OnEvent | None = None, table: LabelT
 
 # How the working-size maps are stored (N x this): segmentation in int16 (-1 void; classes < 32768), the rest float32.
 _STORED = {"segmentation": "int16", "depth": "float32", "normals": "float32"}
+SEG_MAX_CLASSES = 32767
 _CHANNELS = {"segmentation": (), "depth": (1,), "normals": (3,)}
 
 
