@@ -28,7 +28,9 @@ EXTRA_SQUEEZES = ("ueraser", "op")
 EPSILON_PRESETS: dict[str, float] = {"low": 4 / 255, "medium": 8 / 255, "high": 16 / 255}
 MAX_EPSILON = 64 / 255  # the largest budget any option or generator config may ask for
 
-LAYOUTS = ("auto", "csv", "folder", "utkface", "celeba")
+# nyuv2: .npy per sample under image/ label/ depth/ normal/ (mtan, LibMTL); maps: images labelled by `maps` only.
+LAYOUTS = ("auto", "csv", "folder", "utkface", "celeba", "nyuv2", "maps")
+DENSE_KINDS = ("segmentation", "depth", "normals")  # label-map task kinds (data.dense_kinds)
 SPLITS = ("train", "valid", "test", "all")  # CelebA partitions
 CACHES = ("auto", "memory", "mmap")
 METHODS = ("em", "tap", "sep")
@@ -114,6 +116,27 @@ def _patches(name: str, arch: str, crop: int) -> None:
                           "working size of 70 or 140")
 
 
+def map_spec(text: str, folder: bool = True) -> tuple[str, str, str]:
+    """'task=kind:folder' (`maps`) or 'task=kind' (`map_columns`) -> (task, kind, folder); the folder may hold ':'."""
+    task, _, rest = text.partition("=")
+    kind, _, where = rest.partition(":") if folder else (rest, "", "")
+    return task.strip(), kind.strip(), where.strip()
+
+
+def _map_specs(name: str, values: Any, folder: bool) -> list[str]:
+    """Each entry: a task (once), a label-map kind, and for `maps` a folder. Returns the task names."""
+    tasks: list[str] = []
+    for value in values if isinstance(values, (tuple, list)) else [values]:  # a lone string is an error
+        task, kind, where = map_spec(value, folder) if isinstance(value, str) and value is not values else ("", "", "")
+        if not task or kind not in DENSE_KINDS or (folder and not where) or (not folder and ":" in value):
+            raise _bad(name, value, f"a list of task=kind{':folder' if folder else ''}, kind one of "
+                                    f"{', '.join(DENSE_KINDS)} (e.g. seg=segmentation{':./masks' if folder else ''})")
+        if task in tasks:
+            raise ConfigError(f"--{name.replace('_', '-')} names task {task!r} twice: give each task one label map")
+        tasks.append(task)
+    return tasks
+
+
 def _run_fields(config: Any) -> None:
     """The fields every command's config shares: the seed, the device and the autocast mode."""
     if isinstance(config.seed, bool) or not isinstance(config.seed, int):
@@ -138,6 +161,10 @@ class DataConfig:
     skip_bad: bool = False
     cache: str = "auto"  # auto|memory|mmap: where the decoded uint8 images live
     workers: int = 2  # decode threads
+    maps: tuple[str, ...] = ()  # task=kind:folder (relative to the current dir): maps matched by path and stem
+    map_columns: tuple[str, ...] = ()  # task=kind: labels-file columns whose values are paths to label maps
+    ignore_index: int = 255  # the segmentation files' void value (VOC 255); .npy maps also mark void with -1
+    depth_scale: float = 1.0  # stored depth / depth_scale = depth (1000 for millimetre PNGs, 256 for KITTI)
 
     def __post_init__(self) -> None:
         _choice("layout", self.layout, LAYOUTS)
@@ -145,6 +172,10 @@ class DataConfig:
         _choice("cache", self.cache, CACHES)
         _integer("size", self.size, MIN_SIZE)
         _integer("workers", self.workers, 0)
+        if both := set(_map_specs("maps", self.maps, True)) & set(_map_specs("map_columns", self.map_columns, False)):
+            raise ConfigError(f"task(s) {sorted(both)} given by both --maps and --map-columns: keep one source each")
+        _integer("ignore_index", self.ignore_index, -1, 65535)
+        _number("depth_scale", self.depth_scale, 0, low_open=True)
 
 
 @dataclass(frozen=True)

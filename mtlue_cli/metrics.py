@@ -116,3 +116,139 @@ def roc_auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
     average = ends - (counts.double() - 1) / 2  # 1-based average rank of each tie group
     ranks[order] = average[inverse]
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+# ----------------------------------------------------------------------------- dense tasks (LibMTL's definitions)
+# ecosystem §2.13: mIoU from ONE confusion matrix over the whole test set (mtan's per-image mean gives other numbers),
+# depth errors and normal angles over the valid pixels of the whole set. Targets follow data.dense_kinds' conventions.
+
+ANGLE_THRESHOLDS = (11.25, 22.5, 30.0)  # degrees: the shares of normals "within" each (LibMTL, strict <)
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, classes: int) -> torch.Tensor:
+    """(C, C) int64 pixel counts, rows the true class, columns the predicted one; pixels whose target is outside
+    [0, C) (ignored: -1) are left out."""
+    import torch
+
+    t, p = target.reshape(-1).long(), pred.reshape(-1).long()
+    keep = (t >= 0) & (t < classes)
+    cells = torch.bincount(t[keep] * classes + p[keep].clamp(0, classes - 1), minlength=classes * classes)
+    return cells.view(classes, classes).cpu()
+
+
+def segmentation_scores(confusion: torch.Tensor) -> dict[str, float]:
+    """mIoU and pixel accuracy of a confusion matrix. IoU_c = TP / (TP + FP + FN); classes that neither occur nor are
+    predicted are left out of the mean (LibMTL's plain mean would be nan); nan without any scored pixel."""
+    import torch
+
+    h = confusion.double()
+    tp = torch.diag(h)
+    union = h.sum(0) + h.sum(1) - tp
+    iou = tp[union > 0] / union[union > 0]
+    total = h.sum()
+    return {"miou": float(iou.mean()) if len(iou) else math.nan,
+            "pixel_accuracy": float(tp.sum() / total) if total > 0 else math.nan}
+
+
+def angular_errors(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Degrees between predicted and true normals (B, 3, S, S) at the valid pixels (target not the zero vector);
+    the prediction is normalised first."""
+    import torch
+    import torch.nn.functional as F
+
+    valid = target.abs().sum(1) > 0  # (B,S,S)
+    cos = (F.normalize(pred.double(), dim=1) * target.double()).sum(1)
+    return torch.rad2deg(torch.acos(cos[valid].clamp(-1, 1)))  # (n_valid,)
+
+
+def angle_scores(errors: torch.Tensor) -> dict[str, float]:
+    """Mean and median angular error and the share of pixels within each of ANGLE_THRESHOLDS (nan without pixels)."""
+    if errors.numel() == 0:
+        nan = math.nan
+        return {"mean_angle": nan, "median_angle": nan, **{f"within_{t:g}": nan for t in ANGLE_THRESHOLDS}}
+    e = errors.double().cpu().numpy()
+    return {"mean_angle": float(e.mean()), "median_angle": float(np.median(e)),  # np.median: the mean of the middles
+            **{f"within_{t:g}": float((e < t).mean()) for t in ANGLE_THRESHOLDS}}
+
+
+def depth_error_sums(pred: torch.Tensor, target: torch.Tensor) -> tuple[float, float, int]:
+    """Sums of |d - d*| and |d - d*| / d* over the valid pixels (d* > 0), and their count."""
+    valid = target > 0
+    err = (pred.double() - target.double()).abs()[valid]
+    return float(err.sum()), float((err / target.double()[valid]).sum()), int(valid.sum())
+
+
+def protection_ratio(protected: float, clean: float, trivial: float, higher_is_better: bool) -> float | None:
+    """(protected - trivial) / (clean - trivial): the share of the clean victim's lead over the trivial baseline that
+    the protected-trained victim keeps (1: no protection, 0: no better than trivial, < 0: worse). The formula holds
+    for errors too (all three signs flip); None when the clean victim does not beat the baseline or a value is nan."""
+    lead = (clean - trivial) if higher_is_better else (trivial - clean)
+    if not lead > 0 or protected != protected:
+        return None
+    return (protected - trivial) / (clean - trivial)
+
+
+# ----------------------------------------------------------------------------- meters: a score accumulated over batches
+# Every task kind's `meter()` returns one: `update(pred, target)` per batch (a kind's `predict` output and its
+# targets), `result()` once, a dict whose keys the kind's `trivial` baseline shares.
+
+
+class AccuracyMeter:
+    """Share of correct class predictions (classification kinds)."""
+
+    def __init__(self) -> None:
+        self.correct, self.total = 0, 0
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        self.correct += int((pred.reshape(-1) == target.reshape(-1).to(pred.device)).sum())
+        self.total += target.numel()
+
+    def result(self) -> dict[str, float]:
+        return {"accuracy": self.correct / self.total if self.total else math.nan}
+
+
+class SegmentationMeter:
+    """mIoU and pixel accuracy from one confusion matrix over every batch (ignored pixels: -1)."""
+
+    def __init__(self, classes: int) -> None:
+        import torch
+
+        self.classes, self.confusion = classes, torch.zeros(classes, classes, dtype=torch.int64)
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        self.confusion += confusion_matrix(pred, target.to(pred.device), self.classes)
+
+    def result(self) -> dict[str, float]:
+        return segmentation_scores(self.confusion)
+
+
+class DepthMeter:
+    """Absolute and relative depth error, each a mean over all valid pixels of all batches (LibMTL weights its
+    per-batch means by their valid pixels, which is the same)."""
+
+    def __init__(self) -> None:
+        self.abs_sum, self.rel_sum, self.count = 0.0, 0.0, 0
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        a, r, n = depth_error_sums(pred, target.to(pred.device))
+        self.abs_sum, self.rel_sum, self.count = self.abs_sum + a, self.rel_sum + r, self.count + n
+
+    def result(self) -> dict[str, float]:
+        n = self.count
+        return {"abs_error": self.abs_sum / n if n else math.nan, "rel_error": self.rel_sum / n if n else math.nan}
+
+
+class NormalsMeter:
+    """Mean and median angular error and the shares within 11.25/22.5/30 degrees over every valid pixel. Keeps the
+    errors (float32, 4 bytes a valid pixel) for the exact median."""
+
+    def __init__(self) -> None:
+        self.errors: list[torch.Tensor] = []
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        self.errors.append(angular_errors(pred, target.to(pred.device)).float().cpu())
+
+    def result(self) -> dict[str, float]:
+        import torch
+
+        return angle_scores(torch.cat(self.errors) if self.errors else torch.zeros(0))

@@ -154,6 +154,14 @@ def render_inspect(report: Any) -> None:
         for cls, count in zip(task.classes, task.counts):
             table.add_row(cls, str(count), f"{count / total:.1%}")
         console.print(table)
+    for task in getattr(report, "dense_tasks", []):
+        total = sum(task.pixel_counts) or 1
+        detail = (", ".join(f"{c} {n / total:.1%}" for c, n in zip(task.classes, task.pixel_counts)) if task.pixel_counts
+                  else f"depth {task.value_range[0]:g}..{task.value_range[1]:g}" if task.value_range else "")
+        console.print(f"task [bold]{task.name}[/] ({task.kind}{f', {len(task.classes)} classes' if task.classes else ''}):"
+                      f" {detail + '; ' if detail else ''}invalid pixels {task.invalid_share:.1%}"
+                      + (f", [yellow]{task.size_mismatches} map(s) not the size of their image[/]" if task.size_mismatches
+                         else ""), highlight=False)
     sizes = ", ".join(f"{k} x{v}" for k, v in list(report.sizes.items())[:5])
     console.print(f"sizes: {sizes}{' ...' if len(report.sizes) > 5 else ''}")
     console.print("modes: " + ", ".join(f"{k} x{v}" for k, v in report.modes.items()))

@@ -1,7 +1,8 @@
-"""Stage 1, the data: the kinds of task labels (`kinds`), the tasks and the table every reader returns
-(`tasks`), the label readers (`labels`: CSV/TSV, folder tree, UTKFace names, CelebA), image files (`images`:
-scanning, upright decoding, writing), the decoded training set (`dataset`) and the dry run over all of it
-(`inspect`).
+"""Stage 1, the data: the kinds of task labels (`kinds`, the label-map ones in `dense_kinds`), the tasks and the
+table every reader returns (`tasks`), the label readers (`labels`: CSV/TSV, folder tree, UTKFace names, CelebA,
+NYUv2; `dense_labels`: label maps in folders, CSV columns or NYUv2's), label-map files (`label_maps`), image files
+(`images`: scanning, upright decoding, writing), joint augmentation (`augment`), the decoded training set
+(`dataset`) and the dry run over all of it (`inspect`).
 
 May import: the shared modules (config, errors, events, files, metrics). Never models, fit, protect, verify, hub
 or cli.

@@ -1,5 +1,6 @@
 """The training set: labelled images decoded once into a uint8 tensor at the working size, so training epochs
-never re-decode (ecosystem §3.3, §3.4), and the seeded train/test split `protect` and `verify` share.
+never re-decode (ecosystem §3.3, §3.4), their label maps likewise (each resized by its kind), and the seeded
+train/test split `protect` and `verify` share.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from mtlue_cli.config import DataConfig
+from mtlue_cli.data.dense_labels import reading_of
 from mtlue_cli.data.images import decode, to_working
+from mtlue_cli.data.label_maps import check_size, read_map
 from mtlue_cli.data.labels import LabelTable, Record, TaskSpec, read_labels, unlabelled_note
 from mtlue_cli.errors import DatasetError, FileProblem, raise_problems
 from mtlue_cli.events import OnEvent, log, noop
@@ -22,16 +25,22 @@ MMAP_THRESHOLD_BYTES = 4 << 30
 
 
 class MultiTaskImageDataset:
-    """Decoded uint8 images (N, 3, S, S) at the working size plus labels (N, K).
+    """Decoded uint8 images (N, 3, S, S) at the working size plus labels (N, K) and label maps.
+
+    `labels[:, k]` is task k's class index (0 for a label-map task). `maps[k]` is a label-map task's targets at the
+    working size, as stored: segmentation (N, S, S) int16 (-1 void), depth (N, 1, S, S) float32 (0 invalid),
+    normals (N, 3, S, S) float32 (zero vector invalid); None for a classification task. `targets(idx)` gives
+    every task's batch in data.kinds' conventions.
 
     `__getitem__` returns `(image_uint8, labels)`, so it also works with torch DataLoader and
     DistributedSampler; the training loops index the tensors directly.
     """
 
     def __init__(self, table: LabelTable, images: torch.Tensor, labels: torch.Tensor, records: list[Record],
-                 skipped: list[FileProblem]) -> None:
+                 skipped: list[FileProblem], maps: list[torch.Tensor | None] | None = None) -> None:
         self.table, self.images, self.labels = table, images, labels  # (N,3,S,S) uint8, (N,K) long
         self.records, self.skipped = records, skipped
+        self.maps = maps if maps is not None else [None] * labels.shape[1]
 
     @property
     def spec(self) -> TaskSpec:
@@ -47,12 +56,22 @@ class MultiTaskImageDataset:
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.images[i], self.labels[i]
 
+    def targets(self, idx: torch.Tensor | list[int]) -> list[torch.Tensor]:
+        """Task k's targets for the samples `idx`: (B,) int64 class indices for a classification task, the maps in
+        data.kinds' conventions for a label-map task (segmentation as int64)."""
+        import torch
+
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return [self.labels[idx, k] if m is None else (m[idx].long() if m.dtype == torch.int16 else m[idx])
+                for k, m in enumerate(self.maps)]
+
     def subset(self, indices: list[int]) -> MultiTaskImageDataset:
         import torch
 
         idx = torch.as_tensor(indices, dtype=torch.long)
         return MultiTaskImageDataset(
-            self.table, self.images[idx], self.labels[idx], [self.records[i] for i in indices], self.skipped
+            self.table, self.images[idx], self.labels[idx], [self.records[i] for i in indices], self.skipped,
+            [None if m is None else m[idx] for m in self.maps],
         )
 
     def without(self, paths: set[str]) -> MultiTaskImageDataset:
@@ -64,6 +83,9 @@ class MultiTaskImageDataset:
         h = hashlib.sha256()
         h.update(repr(self.spec.to_dict()).encode())
         h.update(self.labels.numpy().tobytes())
+        for m in self.maps:  # none without label-map tasks: a classification fingerprint is unchanged
+            if m is not None:
+                h.update(m.contiguous().numpy().tobytes())
         for i in range(0, len(self.images), 1024):  # in slices: one bytes copy of a memory-mapped cache is all of it
             h.update(self.images[i : i + 1024].contiguous().numpy().tobytes())
         return h.hexdigest()
@@ -102,12 +124,24 @@ def load_dataset(cfg: DataConfig, on_event: OnEvent | None = None, table: LabelT
         raise_problems(skipped)
     n, size = len(table.records), cfg.size
     images = _allocate(n, size, cfg.cache)
+    kinds, reading = table.spec.kinds, reading_of(cfg)
+    too_many = [n for n, k in zip(table.spec.names, kinds) if getattr(k, "classes", 0) > SEG_MAX_CLASSES and k.dense]
+    if too_many:
+        raise DatasetError(f"segmentation task(s) {too_many} have over {SEG_MAX_CLASSES} classes, more than the "
+                           "int16 maps hold")
+    maps = [_allocate_map(kind.name, n, size) if kind.dense else None for kind in kinds]
     ok = [False] * n
 
     def work(i: int) -> FileProblem | None:
         record = table.records[i]
         try:
             decoded = decode(table.root, record.path, record.row)
+            for k, kind in enumerate(kinds):
+                if maps[k] is not None:
+                    name = record.maps[k]
+                    arr = read_map(table.root, name, kind.name, reading, getattr(kind, "classes", None), record.row)
+                    check_size(arr, decoded.image.size, name, record.path, record.row)
+                    maps[k][i] = torch.from_numpy(kind.resize(arr, size).astype(_STORED[kind.name]))
         except FileProblem as problem:
             return problem
         arr = np.asarray(to_working(decoded.image, size), dtype=np.uint8)  # (S,S,3)
@@ -123,13 +157,26 @@ def load_dataset(cfg: DataConfig, on_event: OnEvent | None = None, table: LabelT
             on_event("progress", {"stage": "decode", "done": done})
     on_event("end", {"stage": "decode"})
     if not cfg.skip_bad and len(skipped) > listed:
-        raise_problems(skipped[listed:], "image")
+        raise_problems(skipped[listed:], "image or label map" if any(m is not None for m in maps) else "image")
     keep = [i for i in range(n) if ok[i]]
     if not keep:
         raise DatasetError(f"{table.root}: none of the {n} images could be decoded")
     labels = torch.tensor([r.labels for r in table.records], dtype=torch.long).view(n, len(table.spec.names))
-    dataset = MultiTaskImageDataset(table, images, labels, list(table.records), skipped)
+    dataset = MultiTaskImageDataset(table, images, labels, list(table.records), skipped, maps)
     return dataset if len(keep) == n else dataset.subset(keep)
+
+
+# How the working-size maps are stored (N x this): segmentation in int16 (-1 void; classes < 32768), the rest float32.
+_STORED = {"segmentation": "int16", "depth": "float32", "normals": "float32"}
+SEG_MAX_CLASSES = 32767
+_CHANNELS = {"segmentation": (), "depth": (1,), "normals": (3,)}
+
+
+def _allocate_map(kind: str, n: int, size: int) -> torch.Tensor:
+    import torch
+
+    fill = -1 if kind == "segmentation" else 0
+    return torch.full((n, *_CHANNELS[kind], size, size), fill, dtype=getattr(torch, _STORED[kind]))
 
 
 def split_indices(records: list[Record], fraction: float, seed: int) -> tuple[list[int], list[int]]:

@@ -105,10 +105,37 @@ class Decoded:
     source_mode: str
     exif_rotated: bool
     info: dict[str, Any]  # icc_profile, exif bytes, format
+    array: np.ndarray | None = None  # the float original (H, W, 3) of a .npy image (NYUv2), which protect writes back
+
+
+def open_array(path: Path) -> Decoded:
+    """A `.npy` image as mtan/LibMTL keep NYUv2: (H, W, 3) float in [0, 1] (or uint8). `image` holds it rounded to
+    8 bits, `array` the original (float32). Loaded with allow_pickle=False: never unpickle a data file."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise FileProblem(str(path), "file disappeared while reading") from None
+    except (OSError, ValueError) as exc:
+        raise FileProblem(str(path), f"not a NumPy array file, or a pickled one ({exc})") from None
+    if arr.ndim != 3 or arr.shape[-1] != 3 or arr.dtype.kind not in "uf":
+        raise FileProblem(str(path), f"a .npy image must be (H, W, 3) float in [0, 1] or uint8; got {arr.dtype} "
+                          f"{arr.shape}")
+    if arr.dtype == np.uint8:
+        pixels, original = arr, arr.astype(np.float32) / 255
+    else:
+        original = arr.astype(np.float32)
+        if not np.isfinite(original).all() or original.min(initial=0) < -1e-3 or original.max(initial=0) > 1 + 1e-3:
+            raise FileProblem(str(path), "a float .npy image must hold values in [0, 1] (mtan's NYUv2 images); "
+                              f"found {np.nanmin(original):g}..{np.nanmax(original):g}")
+        pixels = np.clip(np.rint(original * 255), 0, 255).astype(np.uint8)
+    return Decoded(Image.fromarray(np.ascontiguousarray(pixels), "RGB"), None, "npy", False, {"format": "NPY"},
+                   original)
 
 
 def open_image(path: Path) -> Decoded:
     """Decode fully (so truncation surfaces here), apply EXIF orientation, normalise the mode."""
+    if path.suffix.lower() == ".npy":
+        return open_array(path)
     try:
         # The file is opened here, not by Pillow: closing it after load() keeps the pixels, where closing a
         # Pillow-opened image frees them (and a copy would double a large photo's memory).

@@ -1,5 +1,6 @@
 """Multi-task labels: one reader per layout owners have (CSV/TSV, folder tree, UTKFace file names, CelebA
-attribute file), all returning the same `LabelTable` (data.tasks), with per-row validation.
+attribute file, NYUv2 .npy folders), all returning the same `LabelTable` (data.tasks), with per-row validation;
+label maps join any of them (data.dense_labels).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterable
 
 from mtlue_cli.config import DataConfig
+from mtlue_cli.data import dense_labels
 from mtlue_cli.data.images import safe_path, scan_images
 from mtlue_cli.data.tasks import UNLABELLED, LabelTable, Record, TaskSpec, unlabelled_note  # noqa: F401 (re-exported)
 from mtlue_cli.errors import DatasetError, FileProblem
@@ -125,8 +127,10 @@ def read_csv(
     labels: Path,
     path_column: str | None = None,
     tasks: tuple[str, ...] | None = None,
+    cfg: DataConfig | None = None,
 ) -> LabelTable:
-    """CSV/TSV: a path column (first, or `path_column`) and one column per task."""
+    """CSV/TSV: a path column (first, or `path_column`) and one column per task; the columns `cfg.map_columns`
+    names hold paths to label maps (data.dense_labels, form b)."""
     try:
         raw = labels.read_bytes()
     except OSError as exc:
@@ -153,14 +157,17 @@ def read_csv(
     pcol = path_column or header[0]
     if pcol not in header:
         raise DatasetError(f"{labels}: no column {pcol!r}; columns are {header}")
-    names = list(tasks) if tasks else [h for h in header if h != pcol]
-    missing = [t for t in names if t not in header]
+    dense = dense_labels.column_tasks(cfg) if cfg is not None else []
+    maps = [t for t, _ in dense]
+    names = [t for t in (list(tasks) if tasks else [h for h in header if h != pcol]) if t not in maps]
+    missing = [t for t in names + maps if t not in header]
     if missing:
         raise DatasetError(f"{labels}: task column(s) {missing} not found; columns are {header}")
-    if pcol in names:
+    if pcol in names + maps:
         raise DatasetError(f"{labels}: {pcol!r} is the path column and cannot also be a task")
-    pi, ti = header.index(pcol), [header.index(t) for t in names]
+    pi, ti, mi = header.index(pcol), [header.index(t) for t in names], [header.index(t) for t in maps]
     rows: list[tuple[str, list[str], int | None]] = []
+    map_values: dict[int | None, list[str]] = {}
     problems: list[FileProblem] = []
     for line_no, fields in enumerate(reader, start=2):
         if not fields or all(not f.strip() for f in fields):
@@ -170,9 +177,10 @@ def read_csv(
             problems.append(FileProblem(rel, f"has {len(fields)} fields, the header has {len(header)}", line_no))
             continue
         rows.append((fields[pi].strip(), [fields[i].strip() for i in ti], line_no))
+        map_values[line_no] = [fields[i].strip() for i in mi]
     table = _finish(root, names, rows, "csv", problems, labels, pcol)
     _unlabelled(root, [r[0] for r in rows] + [p.path for p in problems], table.problems)
-    return table
+    return dense_labels.attach_columns(table, dense, map_values, cfg) if dense and cfg is not None else table
 
 
 def read_folder_tree(root: Path, tasks: tuple[str, ...] | None = None) -> LabelTable:
@@ -284,12 +292,18 @@ def _looks_like_celeba(path: Path) -> bool:
     return first.isdigit() and len(second) >= 1 and "," not in second[0]
 
 
-def detect_layout(root: Path, labels: Path | None) -> str:
+def detect_layout(root: Path, labels: Path | None, maps: bool = False) -> str:
+    """The layout of `root`: a labels file's, NYUv2's folders, images labelled by `maps` only, UTKFace names or a
+    folder tree (in that order)."""
     if labels is not None:
         return "celeba" if _looks_like_celeba(labels) else "csv"
     for name in LABEL_FILE_NAMES:
         if (root / name).is_file():
             return "csv"
+    if dense_labels.is_nyuv2(root):
+        return "nyuv2"
+    if maps:
+        return "maps"
     files = scan_images(root)
     flat = [f for f in files if "/" not in f]
     if flat and sum(bool(UTK_NAME.match(f)) for f in flat) >= 0.9 * len(flat):
@@ -312,11 +326,25 @@ def read_labels(cfg: DataConfig) -> LabelTable:
     labels = Path(cfg.labels) if cfg.labels is not None else None
     if labels is not None and not labels.is_file():
         raise DatasetError(f"{labels}: labels file not found")
-    layout = cfg.layout if cfg.layout != "auto" else detect_layout(root, labels)
+    layout = cfg.layout if cfg.layout != "auto" else detect_layout(root, labels, bool(cfg.maps))
+    if cfg.map_columns and layout != "csv":
+        raise DatasetError(f"--map-columns names columns of a labels CSV, but the layout is {layout}; pass --labels")
+    table = _read(root, labels, layout, cfg)
+    return dense_labels.attach_folders(table, cfg) if cfg.maps and layout != "maps" else table
+
+
+def _read(root: Path, labels: Path | None, layout: str, cfg: DataConfig) -> LabelTable:
     if layout == "csv":
         if labels is None:
-            labels = next(root / n for n in LABEL_FILE_NAMES if (root / n).is_file())
-        return read_csv(root, labels, cfg.path_column, cfg.tasks)
+            found = [root / n for n in LABEL_FILE_NAMES if (root / n).is_file()]
+            if not found:
+                raise DatasetError(f"{root}: --layout csv found no {' or '.join(LABEL_FILE_NAMES)}; pass --labels")
+            labels = found[0]
+        return read_csv(root, labels, cfg.path_column, cfg.tasks, cfg)
+    if layout == "nyuv2":
+        return dense_labels.read_nyuv2(root, cfg)
+    if layout == "maps":
+        return dense_labels.read_images_only(root, cfg)
     if layout == "folder":
         return read_folder_tree(root, cfg.tasks)
     if layout == "utkface":

@@ -1,0 +1,29 @@
+"""Joint augmentation: what moves the pixels of an image moves its label maps with it (ecosystem §2.13: mtan's
+flip mirrors the maps and negates the normals' x). Each task's kind says how its targets follow (`kind.flip`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from mtlue_cli.data.kinds import TaskKind
+
+
+def joint_flip(images: Tensor, targets: Sequence[Tensor], kinds: Sequence[TaskKind],
+               mask: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """Mirror (left-right) the samples where `mask` (B,) is True: the images (B, C, S, S) and every task's targets
+    (its `kind.flip`: maps mirrored, normals' x negated, class labels unchanged). New tensors; differentiable in
+    the images."""
+    import torch
+
+    if len(targets) != len(kinds):
+        raise ValueError(f"one target per task: {len(targets)} targets, {len(kinds)} kinds")
+    mask = mask.to(images.device).bool()
+
+    def pick(x: Tensor, flipped: Tensor) -> Tensor:
+        return torch.where(mask.view(-1, *([1] * (x.dim() - 1))), flipped, x)
+
+    out = pick(images, images.flip(-1))
+    return out, [pick(t, kind.flip(t)) for t, kind in zip(targets, kinds)]
