@@ -1,7 +1,8 @@
 """The MTL-UE perturbation generator G(x, y) = Clip(D([e^1_{y^1}, ..., e^K_{y^K}, E(x)]), -eps, eps).
 
-Architecture follows method-spec §2 exactly (the official `ResNetDAE`), with two deliberate
-differences: the clamp is at `epsilon` itself (8/255 by default) instead of the official 0.0314
+Architecture follows method-spec §2 exactly (the official `ResNetDAE`), with dense tasks as §8 describes them
+(`models.embedding`: a label-embedding net per dense task in place of the class-embedding table), and with two
+deliberate differences: the clamp is at `epsilon` itself (8/255 by default) instead of the official 0.0314
 (§2.3, §13.3), and config.json keeps the user's task order (the mixin would sort it).
 
 Saved and loaded with `PyTorchModelHubMixin`'s `save_pretrained` / `from_pretrained`; this class only
@@ -11,7 +12,7 @@ supplies the framework hooks: strict safetensors with string metadata, and confi
 import json
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import torch
 from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
@@ -23,6 +24,7 @@ from mtlue_cli import __version__
 from mtlue_cli.config import BOUNDS, COLOURS, CONDITIONINGS, DECORRELATIONS, GENERATOR_STEMS, STEM_DOWNSAMPLING, WIDTHS
 from mtlue_cli.errors import WeightsError
 from mtlue_cli.files import atomic_write, write_text
+from mtlue_cli.models.embedding import DENSE_KINDS, LabelEmbedding, label_columns, maps_by_name
 
 # How a generator was made: kept in model.safetensors' string metadata next to the fields derived from the model.
 PROVENANCE = ("base_method", "seed", "train_dataset_fingerprint", "created")
@@ -102,6 +104,11 @@ class PerturbationGenerator(
         colour: "rgb" (the paper) or "luma": the channels' mean on every channel (deviation from §2.3, issue 29).
             An equal change of R, G and B is left as it is by grayscale (its weights sum to 1) and by a channel
             shuffle, the two colour squeezes that erase a colour-coded shortcut.
+        task_kinds: the dense tasks' kinds, task name -> "segmentation", "depth" or "normals" (§8); every task
+            not named is a classification task. A segmentation task lists its class names in `tasks`, a depth
+            or normals task an empty list. A dense task's embedding comes from its label map (`forward`'s
+            `maps`) through a `LabelEmbedding` net. None or {} (the default): classification only, exactly the
+            generator of the §2 layout.
     """
 
     def __init__(
@@ -118,9 +125,11 @@ class PerturbationGenerator(
         width: int = 64,
         decorrelate: str = "none",
         colour: str = "rgb",
+        task_kinds: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
-        tasks = _check_tasks(tasks)
+        task_kinds = dict(task_kinds or {})
+        tasks = _check_tasks(tasks, task_kinds)
         if stem not in GENERATOR_STEMS:
             raise ValueError(f"unknown stem {stem!r}: use one of {', '.join(GENERATOR_STEMS)}")
         if bound not in BOUNDS:
@@ -162,6 +171,7 @@ class PerturbationGenerator(
         self.width = width
         self.decorrelate = decorrelate
         self.colour = colour
+        self.task_kinds = {name: task_kinds[name] for name in tasks if name in task_kinds}  # in task order
         self.provenance: dict[str, str] = {}  # PROVENANCE keys; written to and read from model.safetensors
 
         size = self.latent_size
@@ -171,8 +181,9 @@ class PerturbationGenerator(
         self.embeddings = nn.ModuleList(
             []
             if conditioning == "z_only"
-            # PyTorch's default N(0, 1) init, as upstream (§2.2); one row of 16*S*S per class.
-            else [nn.Embedding(len(classes), embed_channels * size * size) for classes in tasks.values()]
+            # PyTorch's default N(0, 1) init, as upstream (§2.2); one row of 16*S*S per class. Dense tasks: §8's net.
+            else [LabelEmbedding(self.task_kinds[name], len(classes), embed_channels, factor) if name in self.task_kinds
+                  else nn.Embedding(len(classes), embed_channels * size * size) for name, classes in tasks.items()]
         )
         decoder_in = {
             "full": embed_channels * len(tasks) + 2 * width,
@@ -184,7 +195,7 @@ class PerturbationGenerator(
     @property
     def config(self) -> dict[str, Any]:
         """The arguments that rebuild this generator, as config.json holds them: keys sorted, tasks in order.
-        `decorrelate` appears only when set, so the paper's generators keep the config.json they always had."""
+        `decorrelate`, `colour` and `task_kinds` appear only when set, so the paper's generators keep the config.json they always had."""
         config = {
             "bound": self.bound,
             "conditioning": self.conditioning,
@@ -201,6 +212,8 @@ class PerturbationGenerator(
             config["decorrelate"] = self.decorrelate
         if self.colour != "rgb":
             config["colour"] = self.colour
+        if self.task_kinds:  # absent for classification only, so those config.json files stay as they were
+            config["task_kinds"] = dict(self.task_kinds)
         return dict(sorted(config.items()))
 
     def weights_metadata(self) -> dict[str, str]:
@@ -209,6 +222,7 @@ class PerturbationGenerator(
             "format": "pt", "mtlue_version": __version__, "format_version": "1",
             "epsilon": repr(self.epsilon), "epsilon_255": f"{self.epsilon * 255:.4g}/255", "norm": "linf",
             "input_resolution": str(self.image_size), "tasks": json.dumps(self.config["tasks"]),
+            **({"task_kinds": json.dumps(self.task_kinds)} if self.task_kinds else {}),
             **{key: str(self.provenance.get(key, "")) for key in PROVENANCE},
         }
 
@@ -225,22 +239,36 @@ class PerturbationGenerator(
         """Spatial side S of z and of each reshaped embedding."""
         return self.image_size // STEM_DOWNSAMPLING[self.stem]
 
-    def embedding_weights(self) -> list[Tensor]:
-        """The raw class-embedding tables, one (C_k, embed_channels*S*S) per task (empty for z_only)."""
-        return [embedding.weight for embedding in self.embeddings]
+    @property
+    def dense_tasks(self) -> list[str]:
+        """Names of the dense tasks (label maps, §8), in task order."""
+        return list(self.task_kinds)
 
-    def forward(self, x: Tensor, labels: Tensor, protect: list[str] | None = None) -> Tensor:
+    def embedding_weights(self) -> list[Tensor]:
+        """The raw class-embedding tables, one (C_k, embed_channels*S*S) per classification task (empty for
+        z_only). Dense tasks' label-embedding nets are left out: they have no embedding regulariser (§8)."""
+        return [embedding.weight for embedding in self.embeddings if isinstance(embedding, nn.Embedding)]
+
+    def forward(self, x: Tensor, labels: Tensor, protect: list[str] | None = None,
+                maps: Sequence[Tensor | None] | Mapping[str, Tensor] | None = None) -> Tensor:
         """Perturbations delta for images x (B, C, H, W) in [0, 1] with labels (B, K) class indices.
 
         protect: names of the tasks to protect in this call; None means every task not listed in
-        `unprotected`. Unprotected tasks get the label-independent mean embedding (§2.4).
+        `unprotected`. Unprotected tasks get the label-independent mean embedding (§2.4); an unprotected
+        dense task the embedding of an all-invalid map.
+        maps: the dense tasks' label maps at the image size, one per task in task order with None for the
+            classification tasks (or a mapping dense task name -> map): segmentation (B, H, W) class indices,
+            anything outside [0, C) ignored; depth (B, 1, H, W), 0 = invalid, any unit; normals (B, 3, H, W),
+            the zero vector invalid (`embedding.dense_input`). Only needed with dense tasks, and only for
+            those protected in this call. With dense tasks, `labels` has a column per task (the dense tasks'
+            columns are not read) or one per classification task only.
         """
         batch = x.shape[0]
         expected = (self.in_channels, self.image_size, self.image_size)
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"x must have shape (B, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
-        if labels.dim() != 2 or labels.shape != (batch, len(self.tasks)):
-            raise ValueError(f"labels must have shape ({batch}, {len(self.tasks)}), got {tuple(labels.shape)}")
+        columns = label_columns(list(self.tasks), self.task_kinds, labels, batch)
+        by_name = maps_by_name(list(self.tasks), self.task_kinds, maps)
         if protect is None:
             unprotected = set(self.unprotected)
         else:
@@ -251,11 +279,23 @@ class PerturbationGenerator(
 
         size = self.latent_size
         parts: list[Tensor] = []
-        for k, (name, embedding) in enumerate(zip(self.tasks, self.embeddings)):
+        for name, embedding in zip(self.tasks, self.embeddings):
+            if isinstance(embedding, LabelEmbedding):
+                if name in unprotected:
+                    parts.append(embedding.blank(batch, self.image_size, x))  # (B, E, S, S)
+                    continue
+                if by_name.get(name) is None:
+                    raise ValueError(f"the dense task {name!r} is protected but `maps` holds no label map for it")
+                label_map = by_name[name].to(x.device)
+                if tuple(label_map.shape[-2:]) != (self.image_size, self.image_size) or label_map.shape[0] != batch:
+                    raise ValueError(f"the label map of {name!r} must be ({batch}, ..., {self.image_size}, "
+                                     f"{self.image_size}) like x, got {tuple(label_map.shape)}")
+                parts.append(embedding(label_map))  # (B, E, S, S)
+                continue
             if name in unprotected:
                 row = embedding.weight.mean(dim=0, keepdim=True).expand(batch, -1)  # (B, E*S*S)
             else:
-                row = embedding(labels[:, k])  # (B, E*S*S)
+                row = embedding(labels[:, columns[name]])  # (B, E*S*S)
             parts.append(row.view(batch, self.embed_channels, size, size))
         if self.encoder is not None:
             # Embeddings first, then z (§2.2): the order fixes the decoder's first-layer weights.
@@ -366,9 +406,16 @@ def _largest_not_above(value: float, dtype: torch.dtype) -> float:
     return bound.item()
 
 
-def _check_tasks(tasks: dict[str, list[str]]) -> dict[str, list[str]]:
+def _check_tasks(tasks: dict[str, list[str]], task_kinds: dict[str, str]) -> dict[str, list[str]]:
     if not isinstance(tasks, dict) or not tasks:
         raise ValueError("tasks must be a non-empty mapping of task name -> list of class names")
+    unknown = [name for name in task_kinds if name not in tasks]
+    if unknown:
+        raise ValueError(f"task_kinds names unknown tasks {unknown}; the tasks are {list(tasks)}")
+    wrong = {name: kind for name, kind in task_kinds.items() if kind not in DENSE_KINDS}
+    if wrong:
+        raise ValueError(f"task_kinds {wrong}: a dense task's kind is one of {', '.join(DENSE_KINDS)} "
+                         "(classification tasks are left out)")
     checked: dict[str, list[str]] = {}
     for name, classes in tasks.items():
         if not isinstance(name, str) or not name:
@@ -376,6 +423,11 @@ def _check_tasks(tasks: dict[str, list[str]]) -> dict[str, list[str]]:
         if isinstance(classes, str) or not isinstance(classes, (list, tuple)):
             raise ValueError(f"task {name!r}: classes must be a list of class names, got {classes!r}")
         classes = list(classes)
+        if task_kinds.get(name) in ("depth", "normals"):
+            if classes:
+                raise ValueError(f"task {name!r} is a {task_kinds[name]} map: it has no classes, give []")
+            checked[name] = classes
+            continue
         if len(classes) < 2:
             raise ValueError(f"task {name!r} needs at least 2 classes, got {classes}")
         if len(set(classes)) != len(classes):

@@ -31,6 +31,7 @@ from mtlue_cli.config import (
 from mtlue_cli.errors import MtlueError, WeightsError
 from mtlue_cli.files import file_sha256, write_text
 from mtlue_cli.models.card import model_card
+from mtlue_cli.models.embedding import DENSE_KINDS
 
 WEIGHTS, CONFIG, RECORD, CARD = "model.safetensors", "config.json", "fit_record.json", "README.md"
 REPO_ID = re.compile(r"^(?:hf://)?([A-Za-z0-9][\w.-]*/[\w.-]+)(?:@([\w./-]+))?$")
@@ -89,18 +90,26 @@ def validate_config(config: Any, where: str) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise bad("not a JSON object")
     allowed = {"tasks", "image_size", "in_channels", "epsilon", "stem", "embed_channels", "unprotected", "conditioning",
-               "bound", "width", "decorrelate", "colour"}
+               "bound", "width", "decorrelate", "colour", "task_kinds"}
     extra = set(config) - allowed
     if extra:
         raise bad(f"unknown keys {sorted(extra)}")
     tasks = config.get("tasks")
     if not isinstance(tasks, dict) or not 1 <= len(tasks) <= 256:
         raise bad("'tasks' must map 1-256 task names to class lists")
+    kinds = config.get("task_kinds") or {}
+    if not isinstance(kinds, dict) or any(name not in tasks or kind not in DENSE_KINDS for name, kind in kinds.items()):
+        raise bad(f"'task_kinds' must map task names to one of {DENSE_KINDS}")
     total = 0
     for name, classes in tasks.items():
+        if kinds.get(name) in ("depth", "normals"):  # a map with no classes, embedded by a small conv net (§8)
+            if classes != []:
+                raise bad(f"task {name!r} is a {kinds[name]} map: its class list must be empty")
+            continue
         if not isinstance(classes, list) or not 2 <= len(classes) <= 4096 or not all(isinstance(c, str) for c in classes):
             raise bad(f"task {name!r} must list 2-4096 class names (strings)")
-        total += len(classes)
+        if name not in kinds:  # a segmentation task's net is small: no 16*S*S row per class
+            total += len(classes)
     size, ch, emb = config.get("image_size", 64), config.get("in_channels", 3), config.get("embed_channels", 16)
     if not isinstance(size, int) or not 8 <= size <= 1024:
         raise bad("'image_size' must be an integer in [8, 1024]")
