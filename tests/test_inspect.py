@@ -144,3 +144,23 @@ def test_cli_import_does_not_load_torch() -> None:
         capture_output=True, text=True, timeout=60, check=True,
     )
     assert out.stdout.strip() == "False"
+
+
+def test_cli_inspect_reads_label_maps(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from mtlue_cli.cli import app
+    from mtlue_cli.demo.scenes import make_scenes
+
+    root = make_scenes(tmp_path / "scenes", n=6, size=32)
+    result = CliRunner().invoke(app, [
+        "inspect", str(root / "images"), "--labels", str(root / "labels.csv"), "--json",
+        "--map", f"seg=segmentation:{root / 'segmentation'}", "--map", f"depth=depth:{root / 'depth'}",
+        "--depth-scale", "1000"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["images"] == 6
+    seg, depth = report["dense_tasks"]
+    assert (seg["name"], seg["kind"], len(seg["classes"])) == ("seg", "segmentation", 4)
+    assert sum(seg["pixel_counts"]) + round(seg["invalid_share"] * 6 * 32 * 32) == 6 * 32 * 32
+    assert depth["kind"] == "depth" and 0.5 < depth["value_range"][0] < depth["value_range"][1] < 20  # metres

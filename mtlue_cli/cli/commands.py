@@ -19,6 +19,7 @@ from mtlue_cli.cli.options import (
     DeviceOpt,
     LabelOptions,
     LabelsOpt,
+    MapOptions,
     QuietOpt,
     ReadOptions,
     SeedOpt,
@@ -54,12 +55,15 @@ VERDICT_EXIT = {"effective": 0, "not effective": 4, "inconclusive": 5}
 EPILOG_PRESETS = ", ".join(f"{k} = {round(v * 255)}/255" for k, v in EPSILON_PRESETS.items())
 
 
-@app.command(epilog="Examples:\n\n  mtlue inspect ./photos --labels attrs.csv\n\n  mtlue inspect ./UTKFace --layout utkface --json")
+@app.command(epilog=("Examples:\n\n  mtlue inspect ./photos --labels attrs.csv\n\n  mtlue inspect ./UTKFace --layout utkface "
+                      "--json\n\n  mtlue inspect ./scenes/images --map seg=segmentation:./scenes/segmentation "
+                      "--map depth=depth:./scenes/depth --depth-scale 1000"))
 @option_groups
 def inspect(
     data: DataArg,
     labels: LabelsOpt = None,
     read: ReadOptions = ReadOptions(),
+    label_maps: MapOptions = MapOptions(),
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
     workers: WorkersOpt = 2,
     debug: DebugOpt = False,
@@ -69,7 +73,7 @@ def inspect(
     with errors(debug):
         from mtlue_cli.data.inspect import inspect_dataset
 
-        cfg = read.data_config(data, labels, False, workers)
+        cfg = dataclasses.replace(read.data_config(data, labels, False, workers), **label_maps.fields())
         with Renderer(quiet or json_out) as render:
             report = inspect_dataset(cfg, on_event=render)
     if json_out:

@@ -115,6 +115,32 @@ class ReadOptions(LabelOptions):
                           workers=workers)
 
 
+MapsOpt = Annotated[Optional[list[str]], typer.Option("--map", help=(
+    "A task whose labels are maps in a folder parallel to DATA, matched by path and stem: TASK=KIND:FOLDER, KIND "
+    "one of segmentation (index or palette PNG, .npy), depth (16-bit PNG or float .npy; 0 = invalid), normals "
+    "(RGB PNG or float .npy). Repeat for each task, e.g. --map seg=segmentation:./SegmentationClass "
+    "--map depth=depth:./depth."), show_default=False)]
+MapColumnsOpt = Annotated[Optional[list[str]], typer.Option("--map-column", help=(
+    "A labels-file column whose values are paths to label maps: TASK=KIND (repeat per column)."), show_default=False)]
+IgnoreIndexOpt = Annotated[int, typer.Option(help="The void value of segmentation PNGs (VOC: 255); .npy maps use -1.")]
+DepthScaleOpt = Annotated[float, typer.Option(help="Stored depth / scale = depth: 1000 for millimetre PNGs, 256 for KITTI.")]
+
+
+@dataclass(frozen=True)
+class MapOptions:
+    """How label maps (dense tasks) are found and read: DataConfig's `maps`, `map_columns`, `ignore_index`,
+    `depth_scale`. Read by `inspect`; fit, protect and verify on label maps are not wired yet (issue 28)."""
+
+    maps: MapsOpt = None
+    map_columns: MapColumnsOpt = None
+    ignore_index: IgnoreIndexOpt = 255
+    depth_scale: DepthScaleOpt = 1.0
+
+    def fields(self) -> dict[str, Any]:
+        return {"maps": tuple(self.maps or ()), "map_columns": tuple(self.map_columns or ()),
+                "ignore_index": self.ignore_index, "depth_scale": self.depth_scale}
+
+
 def option_groups(command: Callable[..., Any]) -> Callable[..., Any]:
     """Typer has no option groups (fastapi/typer#153): here a parameter typed with an options dataclass
     (`read: ReadOptions = ReadOptions()`) stands for the dataclass's fields, each an option in its place, so the

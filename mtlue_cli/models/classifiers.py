@@ -5,6 +5,7 @@ download). Inputs are in [0, 1] with no mean/std normalisation (§14.2).
 """
 
 import math
+from typing import Any, Sequence, Union
 
 import torch
 import torchvision
@@ -151,26 +152,41 @@ class MTLClassifier(nn.Module):
         return [head(h) for head in self.heads]
 
 
-def _check(logits: list[Tensor], targets: Tensor, num_classes: list[int]) -> None:
-    if len(logits) != len(num_classes):
-        raise ValueError(f"got logits for {len(logits)} tasks but num_classes for {len(num_classes)}")
-    if targets.dim() != 2 or targets.shape[1] != len(num_classes):
-        raise ValueError(f"targets must have shape (B, {len(num_classes)}), got {tuple(targets.shape)}")
+Targets = Union[Tensor, Sequence[Tensor]]  # (B, K) class indices, or one target per task (data.kinds' conventions)
 
 
-def task_losses(logits: list[Tensor], targets: Tensor, num_classes: list[int]) -> Tensor:
-    """Batch-mean loss per task (K,), each by its kind (BCE on the single logit of a binary task, CE otherwise).
+def column(targets: Targets, k: int) -> Tensor:
+    """Task k's targets: a column of a (B, K) class-index tensor, or the k-th of a per-task list (label maps)."""
+    return targets[:, k] if isinstance(targets, Tensor) else targets[k]
 
-    targets: (B, K) class indices. Per-task weighting is the caller's business.
+
+def _check(logits: list[Tensor], targets: Targets, tasks: Sequence[Any]) -> None:
+    if len(logits) != len(tasks):
+        raise ValueError(f"got logits for {len(logits)} tasks but num_classes for {len(tasks)}")
+    if isinstance(targets, Tensor):
+        if targets.dim() != 2 or targets.shape[1] != len(tasks):
+            raise ValueError(f"targets must have shape (B, {len(tasks)}), got {tuple(targets.shape)}")
+    elif len(targets) != len(tasks):
+        raise ValueError(f"got targets for {len(targets)} tasks but num_classes for {len(tasks)}")
+
+
+def task_losses(logits: list[Tensor], targets: Targets, num_classes: Sequence[Any]) -> Tensor:
+    """Batch-mean loss per task (K,), each by its kind (BCE on the single logit of a binary task, CE otherwise,
+    the label-map kinds' masked losses).
+
+    targets: (B, K) class indices, or one target per task; num_classes: class counts or kinds. Per-task weighting
+    is the caller's business.
     """
     _check(logits, targets, num_classes)
     kinds = kinds_of(num_classes)
-    return torch.stack([kind.loss(z, targets[:, k]) for k, (z, kind) in enumerate(zip(logits, kinds))])  # (K,)
+    return torch.stack([kind.loss(z, column(targets, k)) for k, (z, kind) in enumerate(zip(logits, kinds))])  # (K,)
 
 
-def predict(logits: list[Tensor], num_classes: list[int]) -> Tensor:
-    """Predicted class per task (B, K): logit > 0 for binary tasks (§6.4), argmax otherwise."""
+def predict(logits: list[Tensor], num_classes: Sequence[Any]) -> Targets:
+    """Predictions per task: (B, K) class indices when every task is a classification one (logit > 0 for binary
+    tasks, §6.4, argmax otherwise), else one prediction per task (data.kinds' conventions)."""
     if len(logits) != len(num_classes):
         raise ValueError(f"got logits for {len(logits)} tasks but num_classes for {len(num_classes)}")
-    columns = [kind.predict(z) for z, kind in zip(logits, kinds_of(num_classes))]
-    return torch.stack(columns, dim=1)  # (B, K)
+    kinds = kinds_of(num_classes)
+    columns = [kind.predict(z) for z, kind in zip(logits, kinds)]
+    return columns if any(kind.dense for kind in kinds) else torch.stack(columns, dim=1)  # (B, K)

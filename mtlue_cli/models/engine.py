@@ -181,22 +181,40 @@ def to_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return images.to(device, non_blocking=True).float().div_(255)
 
 
-def augment(x: torch.Tensor, crop: int, gen: torch.Generator | None = None) -> torch.Tensor:
+def augment(x: torch.Tensor, crop: int, gen: torch.Generator | None = None, targets: list[torch.Tensor] | None = None,
+            kinds: list[Any] | None = None) -> Any:
     """Per-sample RandomCrop(crop) + horizontal flip, differentiable (the official code shares one crop
-    per batch, method-spec §13.5; victims augment per sample, so we do too)."""
+    per batch, method-spec §13.5; victims augment per sample, so we do too).
+
+    With `targets` (one per task, data.kinds' conventions) returns (x, targets): the label maps take the same crop
+    and their kind's flip (mirrored; a normal map's x negated), class labels pass unchanged (joint augmentation,
+    ecosystem §2.13). The random draws are the same with or without targets."""
     b, _, h, w = x.shape  # (B,C,H,W)
     oy = torch.randint(0, h - crop + 1, (b,), generator=gen).to(x.device)
     ox = torch.randint(0, w - crop + 1, (b,), generator=gen).to(x.device)
     flip = (torch.rand(b, generator=gen) < 0.5).to(x.device)
     ar = torch.arange(crop, device=x.device)
     rows = (oy[:, None] + ar)  # (B,crop)
-    cols = ox[:, None] + ar
-    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    straight = ox[:, None] + ar
+    cols = torch.where(flip[:, None], straight.flip(1), straight)
     bi = torch.arange(b, device=x.device)[:, None, None]
     out = x.permute(0, 2, 3, 1)[bi, rows[:, :, None], cols[:, None, :]]  # (B,crop,crop,C)
     # Contiguous NCHW: the permuted (channels-last strided) view takes a CPU conv path ~4x slower,
     # measured by benchmarks/run.py (victim img/s).
-    return out.permute(0, 3, 1, 2).contiguous()
+    out = out.permute(0, 3, 1, 2).contiguous()
+    if targets is None:
+        return out
+    moved = []
+    for target, kind in zip(targets, kinds or []):
+        if kind.dense:
+            target = target.to(x.device)
+            spatial = target if target.dim() == 3 else target.permute(0, 2, 3, 1)  # (B,H,W[,C])
+            cropped = spatial[bi, rows[:, :, None], straight[:, None, :]]
+            cropped = cropped if target.dim() == 3 else cropped.permute(0, 3, 1, 2).contiguous()
+            mask = flip.view(-1, *([1] * (cropped.dim() - 1)))
+            target = torch.where(mask, kind.flip(cropped), cropped)
+        moved.append(target)
+    return out, moved
 
 
 def center_crop(x: torch.Tensor, crop: int) -> torch.Tensor:
@@ -307,26 +325,42 @@ def train_classifier(
     steps_per_epoch = max(1, -(-len(trainer.dist.shard(torch.arange(n))) // batch_size))
     on_event("start", {"stage": stage, "total": epochs * steps_per_epoch, "description": description})
     done = 0
+    kinds = kinds_of(trainer.num_classes)
+    dense = any(kind.dense for kind in kinds)
     for epoch in range(epochs):
         correct, seen, loss_sum = None, 0, 0.0
+        meters = [kind.meter() for kind in kinds]
         for idx in batch_indices(n, batch_size, True, gen, drop_last=True, dist=trainer.dist):
             x = to_float(images[idx], device)
             if input_transform is not None:
                 x = input_transform(x)
-            x = augment(x, crop, gen)
-            y = labels[idx].to(device)
+            if dense:  # label maps: `labels` is the dataset (its `targets`), augmented with the images
+                x, y = augment(x, crop, gen, labels.targets(idx), kinds)
+            else:
+                x = augment(x, crop, gen)
+                y = labels[idx].to(device)
             if adv_train:
                 x = pgd_attack(trainer.model, x, y, trainer.num_classes)
             loss, pred = trainer.step(x, y)
-            hits = (pred == y).sum(0).float()
-            correct = hits if correct is None else correct + hits
+            if dense:
+                for meter, p, t in zip(meters, pred, y):
+                    meter.update(p, t)
+            else:
+                hits = (pred == y).sum(0).float()
+                correct = hits if correct is None else correct + hits
             seen += len(idx)
             loss_sum += loss * len(idx)
             done += 1
             on_event("progress", {"stage": stage, "done": done, "epoch": epoch + 1, "loss": loss})
         trainer.scheduler.step()
-        record = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1),
-                  "train_acc": float(correct.mean() / seen) if correct is not None else 0.0}
+        extra = {}
+        if dense:  # each task's primary score; train_acc: the mean of the ones where higher is better (acc, mIoU)
+            train = [meter.result()[kind.primary] for meter, kind in zip(meters, kinds)]
+            better = [s for s, kind in zip(train, kinds) if kind.higher_is_better]
+            train_acc, extra = (sum(better) / len(better) if better else float("nan")), {"train_tasks": train}
+        else:
+            train_acc = float(correct.mean() / seen) if correct is not None else 0.0
+        record = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "train_acc": train_acc, **extra}
         if evaluate_on is not None:
             per_task = evaluate(trainer.model, *evaluate_on, trainer.num_classes, crop, device, metric=metric)
             record["test_acc"] = sum(per_task) / len(per_task)
@@ -339,10 +373,14 @@ def train_classifier(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: list[int], crop: int,
+def evaluate(model: nn.Module, images: torch.Tensor, labels: Any, num_classes: list[Any], crop: int,
              device: torch.device, batch_size: int = 256, amp: str = "auto", metric: str = "acc") -> list[float]:
     """Per-task top-1 accuracy (`metric` "acc") or ROC-AUC ("auc": macro one-vs-rest for multi-class) on centre
-    crops (§6.3, §6.4)."""
+    crops (§6.3, §6.4). With label-map tasks (`labels` is then the dataset), each task's primary score."""
+    kinds = kinds_of(num_classes)
+    if any(kind.dense for kind in kinds):
+        return [scores[kind.primary] for scores, kind in zip(score_tasks(model, images, labels, kinds, crop, device,
+                                                                          batch_size, amp), kinds)]
     model.eval()
     correct = torch.zeros(len(num_classes))
     scores: list[list[torch.Tensor]] = [[] for _ in num_classes]
@@ -357,4 +395,20 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_c
                 scores[k].append(t.cpu())
     if metric == "acc":
         return (correct / max(len(images), 1)).tolist()
-    return [kind.auc(torch.cat(scores[k]), labels[:, k]) for k, kind in enumerate(kinds_of(num_classes))]
+    return [kind.auc(torch.cat(scores[k]), labels[:, k]) for k, kind in enumerate(kinds)]
+
+
+@torch.no_grad()
+def score_tasks(model: nn.Module, images: torch.Tensor, dataset: Any, kinds: list[Any], crop: int,
+                device: torch.device, batch_size: int = 256, amp: str = "auto") -> list[dict[str, float]]:
+    """Every score of every task's meter (accuracy; mIoU and pixel accuracy; depth and angular errors) on centre
+    crops, the label maps cropped with their images; `dataset` gives the targets (`targets(idx)`)."""
+    model.eval()
+    meters = [kind.meter() for kind in kinds]
+    for idx in batch_indices(len(images), batch_size, False, None):
+        x = center_crop(to_float(images[idx], device), crop)
+        with autocast(device, amp):
+            outputs = [t.float() for t in model(x)]
+        for meter, kind, out, target in zip(meters, kinds, outputs, dataset.targets(idx)):
+            meter.update(kind.predict(out), center_crop(target, crop) if kind.dense else target)
+    return [meter.result() for meter in meters]
