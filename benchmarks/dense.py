@@ -59,7 +59,9 @@ height and wall distance the image does not determine the depth (the wall-floor 
 the horizon), so the victim could not halve the per-pixel median's error; with a fixed camera height and wall the
 edge gives the horizon and so every floor and wall depth, objects take the depth of their foot row, and a wider
 horizon range (the camera's pitch) blurs the per-pixel median. The margins are thin at 32 px in ~8 minutes of one
-thread; the classification column (`count`, 3 classes) reaches 50% against the majority's 27%.
+thread; the classification column (`count`, 3 classes) reaches 50% against the majority's 27%. A second seed
+(`--seed 1`: other scenes, another victim init) gave mIoU 0.488 against 0.226 (2.16x) and depth 0.409 m against
+0.922 m (0.44x).
 """
 
 
