@@ -141,3 +141,19 @@ def test_round_trip_of_a_dense_generator(tmp_path):
 def test_bad_task_kinds(tasks, kinds, match):
     with pytest.raises(ValueError, match=match):
         PerturbationGenerator(tasks, image_size=8, task_kinds=kinds)
+
+
+def test_card_names_the_dense_maps():
+    from mtlue_cli.models.card import model_card
+
+    g = PerturbationGenerator(TASKS, image_size=8, task_kinds=KINDS)
+    card = model_card(g.config, g.weights_metadata(), None)
+    assert "  - `depth`: a depth map\n" in card and "  - `seg`: a segmentation map: `bg` (0)" in card
+
+
+@pytest.mark.parametrize("alias", ["demo-shapes", "faces-utkface"])
+def test_bundled_generators_keep_their_config(alias, tmp_path):
+    loaded = load_generator(alias)
+    assert loaded.model.task_kinds == {} and loaded.model.dense_tasks == []
+    loaded.model.save_pretrained(tmp_path)
+    assert (tmp_path / "config.json").read_bytes() == (loaded.folder / "config.json").read_bytes()

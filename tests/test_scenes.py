@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 
 import numpy as np
@@ -66,7 +67,7 @@ def test_depth_follows_placement_and_occlusion():
         background = (label == 0) & (depth > 0)
         # The floor comes nearer row by row towards the bottom; the wall above it is farther than any floor row.
         rows = [np.median(depth[i][background[i]]) for i in range(32, 64) if background[i].sum() > 4]
-        assert all(a >= b - 1e-4 for a, b in zip(rows, rows[1:]))
+        assert all(a >= b - 1e-4 for a, b in itertools.pairwise(rows))
         objects = (label > 0) & (label != VOID) & (depth > 0)
         assert depth[objects].max() < depth[background].max()  # objects stand in front of the wall
 

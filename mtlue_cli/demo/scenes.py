@@ -2,8 +2,8 @@
 pixel with the object's class (set by its shape), the depth and the surface normal, plus a per-image class
 (how many objects). No download, no data of the user's own.
 
-The scene is a pinhole view (focal length = the image side) of a frontal wall and a floor seen from a random
-camera height and horizon: depth comes from the geometry (floor rows nearer the bottom are nearer, each object
+The scene is a pinhole view (focal length = the image side) of a frontal wall and a floor seen at a random
+pitch (the horizon's row): depth comes from the geometry (floor rows nearer the bottom are nearer, each object
 stands on the floor where its foot is drawn, so lower objects are nearer and larger), occlusion follows the
 depth order, and a trivial per-pixel median depth is informative but blurred by the random horizon and wall.
 An object's class is its shape (sphere, cube, pyramid); colours are random, shading follows the normals under
@@ -42,10 +42,13 @@ LAYOUTS = ("voc", "nyuv2")
 class SceneDesign:
     """What the scenes vary; the defaults are the design benchmarks/dense.py measured as fair (RESULTS.md)."""
 
-    radius: tuple[float, float] = (0.22, 0.42)  # object half-size, metres
-    camera_height: tuple[float, float] = (1.0, 1.5)  # metres
-    horizon: tuple[float, float] = (-0.15, 0.3)  # row of the horizon, fraction of the side from the top
-    wall: tuple[float, float] = (4.0, 7.0)  # wall distance, metres
+    radius: tuple[float, float] = (0.35, 0.6)  # object half-size, metres
+    # A fixed camera height and wall distance make depth readable from the image (the wall-floor edge gives the
+    # horizon); a random height or wall leaves it ambiguous, and the victim could not halve the trivial error.
+    camera_height: tuple[float, float] = (1.2, 1.2)  # metres
+    horizon: tuple[float, float] = (-0.25, 0.5)  # row of the horizon (the camera's pitch), fraction of the side
+    wall: tuple[float, float] = (6.0, 6.0)  # wall distance, metres
+    far: float = 5.0  # objects stand at most this far (and 0.4 m before the wall), metres
     ramp: tuple[float, float] = (20.0, 60.0)  # illumination ramp end to end, levels
     noise: float = 4.0  # sensor noise sigma, levels
     posters: int = 2  # at most this many flat rectangles on the wall (background, not objects)
@@ -132,7 +135,7 @@ def render_scene(rng: np.random.Generator, size: int, design: SceneDesign = Scen
         for _ in range(count):
             shape = int(rng.integers(1, len(CLASSES)))
             radius = rng.uniform(*design.radius)
-            z = rng.uniform(near + 0.2, wall - 0.4)
+            z = rng.uniform(near + 0.2, max(near + 0.3, min(design.far, wall - 0.4)))
             r = radius * f / z
             foot = horizon + hc * f / z
             cx = rng.uniform(r, size - r)

@@ -45,9 +45,11 @@ def model_card(config: dict[str, Any], metadata: dict[str, str], record: dict[st
         "- Tasks and classes (the labels of your images must use this vocabulary; where the names are not "
         "numbers, the class index in brackets works too):", "",
     ]
+    dense = config.get("task_kinds") or {}
     for name, classes in tasks.items():
         numeric = any(c.lstrip("-").isdigit() for c in classes)
-        lines.append(f"  - `{name}`: " + ", ".join(f"`{c}`" if numeric else f"`{c}` ({i})" for i, c in enumerate(classes)))
+        kind = f"a {dense[name]} map" + (": " if classes else "") if name in dense else ""
+        lines.append(f"  - `{name}`: {kind}" + ", ".join(f"`{c}`" if numeric else f"`{c}` ({i})" for i, c in enumerate(classes)))
     lines += ["", "A CSV with only some of the tasks works too: the missing ones are then not protected."]
     if config.get("unprotected"):
         lines += ["", f"- Left learnable on purpose: {', '.join(config['unprotected'])}."]

@@ -11,7 +11,7 @@ a 1x1 conv to the embedding channels.
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F

@@ -11,8 +11,9 @@ supplies the framework hooks: strict safetensors with string metadata, and confi
 
 import json
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
@@ -24,7 +25,12 @@ from mtlue_cli import __version__
 from mtlue_cli.config import BOUNDS, COLOURS, CONDITIONINGS, DECORRELATIONS, GENERATOR_STEMS, STEM_DOWNSAMPLING, WIDTHS
 from mtlue_cli.errors import WeightsError
 from mtlue_cli.files import atomic_write, write_text
-from mtlue_cli.models.embedding import DENSE_KINDS, LabelEmbedding, label_columns, maps_by_name
+from mtlue_cli.models.embedding import (
+    DENSE_KINDS,
+    LabelEmbedding,
+    label_columns,
+    maps_by_name,
+)
 
 # How a generator was made: kept in model.safetensors' string metadata next to the fields derived from the model.
 PROVENANCE = ("base_method", "seed", "train_dataset_fingerprint", "created")
