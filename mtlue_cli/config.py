@@ -11,12 +11,16 @@ imports this module.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mtlue_cli.checks import bad as _bad
+from mtlue_cli.checks import choice as _choice
+from mtlue_cli.checks import integer as _integer
+from mtlue_cli.checks import milestones as _milestones
+from mtlue_cli.checks import number as _number
 from mtlue_cli.errors import ConfigError
 
 SQUEEZES = ("identity", "grayscale", "jpeg", "bits", "blur")  # robust.random_squeeze draws from these
@@ -62,43 +66,6 @@ MIN_SIZE = 8  # the smallest crop (default_crop) and image side anything is trai
 
 
 # ----------------------------------------------------------------------------- field checks
-
-
-def _bad(name: str, value: Any, allowed: str) -> ConfigError:
-    return ConfigError(f"--{name.replace('_', '-')} {value!r} is not allowed: use {allowed}")
-
-
-def _choice(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
-    if value not in allowed:
-        raise _bad(name, value, "one of " + ", ".join(map(str, allowed)))
-
-
-def _integer(name: str, value: Any, low: int, high: int | None = None, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        allowed = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
-        raise _bad(name, value, allowed + (", or none" if optional else ""))
-
-
-def _number(name: str, value: Any, low: float, high: float = math.inf, *, low_open: bool = False,
-            high_open: bool = False, optional: bool = False, shown: str = "") -> None:
-    """`value` in the interval from `low` to `high`, each end open or closed (shown as `shown` if given)."""
-    if optional and value is None:
-        return
-    number = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
-    if not number or value < low or (low_open and value == low) or value > high or (high_open and value == high):
-        if not shown and high == math.inf:
-            shown = f"{'>' if low_open else '>='} {low:g}"
-        elif not shown:
-            shown = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-        raise _bad(name, value, f"a number {shown}" + (", or none" if optional else ""))
-
-
-def _milestones(name: str, value: Any) -> None:
-    if value is not None:
-        for epoch in value:
-            _integer(name, epoch, 0)
 
 
 def _suits_stem(name: str, size: int, stem: str) -> None:

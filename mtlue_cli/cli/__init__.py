@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mtlue_cli.cli import commands  # noqa: F401 (registers the commands on the app)
+from mtlue_cli.cli import commands, publishing  # noqa: F401 (register the commands on the app)
 from mtlue_cli.cli.options import app
 
 __all__ = ["app", "main"]

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-DENSE_KINDS = ("segmentation", "depth", "normals")
+from mtlue_cli.config import DENSE_KINDS
+
 HIDDEN = 32  # channels inside each label-embedding net
 
 
@@ -111,3 +112,34 @@ class LabelEmbedding(nn.Module):
         first = self.net[0]
         zeros = like.new_zeros(batch, first.in_channels, size, size)
         return self.net(zeros)  # (B, embed_channels, S, S)
+
+
+def check_tasks(tasks: dict[str, list[str]], task_kinds: dict[str, str]) -> dict[str, list[str]]:
+    """The generator's tasks checked: names, class lists (none for depth and normals maps) and dense kinds."""
+    if not isinstance(tasks, dict) or not tasks:
+        raise ValueError("tasks must be a non-empty mapping of task name -> list of class names")
+    unknown = [name for name in task_kinds if name not in tasks]
+    if unknown:
+        raise ValueError(f"task_kinds names unknown tasks {unknown}; the tasks are {list(tasks)}")
+    wrong = {name: kind for name, kind in task_kinds.items() if kind not in DENSE_KINDS}
+    if wrong:
+        raise ValueError(f"task_kinds {wrong}: a dense task's kind is one of {', '.join(DENSE_KINDS)} "
+                         "(classification tasks are left out)")
+    checked: dict[str, list[str]] = {}
+    for name, classes in tasks.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"task names must be non-empty strings, got {name!r}")
+        if isinstance(classes, str) or not isinstance(classes, (list, tuple)):
+            raise ValueError(f"task {name!r}: classes must be a list of class names, got {classes!r}")
+        classes = list(classes)
+        if task_kinds.get(name) in ("depth", "normals"):
+            if classes:
+                raise ValueError(f"task {name!r} is a {task_kinds[name]} map: it has no classes, give []")
+            checked[name] = classes
+            continue
+        if len(classes) < 2:
+            raise ValueError(f"task {name!r} needs at least 2 classes, got {classes}")
+        if len(set(classes)) != len(classes):
+            raise ValueError(f"task {name!r} lists a class twice: {classes}")
+        checked[name] = classes
+    return checked

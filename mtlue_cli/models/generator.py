@@ -25,9 +25,10 @@ from mtlue_cli import __version__
 from mtlue_cli.config import BOUNDS, COLOURS, CONDITIONINGS, DECORRELATIONS, GENERATOR_STEMS, STEM_DOWNSAMPLING, WIDTHS
 from mtlue_cli.errors import WeightsError
 from mtlue_cli.files import atomic_write, write_text
+from mtlue_cli.models.delta import decorrelate, image_code  # noqa: F401 (image_code: re-exported)
 from mtlue_cli.models.embedding import (
-    DENSE_KINDS,
     LabelEmbedding,
+    check_tasks,
     label_columns,
     maps_by_name,
 )
@@ -135,7 +136,7 @@ class PerturbationGenerator(
     ) -> None:
         super().__init__()
         task_kinds = dict(task_kinds or {})
-        tasks = _check_tasks(tasks, task_kinds)
+        tasks = check_tasks(tasks, task_kinds)
         if stem not in GENERATOR_STEMS:
             raise ValueError(f"unknown stem {stem!r}: use one of {', '.join(GENERATOR_STEMS)}")
         if bound not in BOUNDS:
@@ -371,38 +372,6 @@ class PerturbationGenerator(
         return model.eval().to(map_location)
 
 
-def decorrelate(out: Tensor, x: Tensor, zero_mean: bool = False) -> Tensor:
-    """Deviation from §2.3 (option decorrelate, issue 29): circularly shift each image's decoder output by its own
-    (dy, dx), and flip it horizontally for half the images, before the bound. The surrogate sees δ so moved, so
-    the class signal the generator learns has to survive any placement (a texture, not a class-wise template), and
-    the class mean of the released δ is spread over every position: less of it lies in the span of a per-class
-    linear classifier, which orthogonal projection removes. With `zero_mean`, each channel's spatial mean is
-    removed first, so no class-wise colour offset (the one template a shift leaves in place) survives either.
-
-    The amounts come from the image's own pixels (`image_code`), not a random generator: one image gets the same
-    placement in every batch, in `fit` and in `protect`, and protect stays deterministic and batch-independent.
-    The generator cannot predict them from what it is given. (B,C,H,W), x (B,C',H,W) -> (B,C,H,W)."""
-    b, c, h, w = out.shape
-    if zero_mean:
-        out = out - out.mean(dim=(2, 3), keepdim=True)
-    code = image_code(x)  # (B,)
-    dy, dx, flip = code % h, (code // h) % w, (code // (h * w)) % 2 == 1
-    rows = (torch.arange(h, device=out.device) - dy[:, None]) % h  # (B, H): output row i reads row i - dy
-    cols = (torch.arange(w, device=out.device) - dx[:, None]) % w  # (B, W)
-    cols = torch.where(flip[:, None], w - 1 - cols, cols)
-    out = out.gather(2, rows.view(b, 1, h, 1).expand(b, c, h, w))
-    return out.gather(3, cols.view(b, 1, 1, w).expand(b, c, h, w))
-
-
-def image_code(x: Tensor) -> Tensor:
-    """A pseudo-random integer per image (B,) in [0, 2^31 - 1) from its 8-bit pixels: a fixed weighted sum, mod a prime."""
-    q = (x.detach().clamp(0, 1) * 255).round().to(torch.int64).flatten(1)  # (B, D)
-    prime = 2**31 - 1
-    weights = (torch.arange(1, q.shape[1] + 1, device=x.device, dtype=torch.int64) * 2654435761) % prime  # (D,)
-    code = (q * weights).sum(1) % prime  # < 255 * 2^31 * D: no int64 overflow below D = 1.6e7
-    return (code * 48271) % prime  # one Lehmer step: neighbouring sums land far apart
-
-
 def _largest_not_above(value: float, dtype: torch.dtype) -> float:
     # float32(8/255) rounds *up*; stepping down one ulp keeps |delta| <= epsilon true even when
     # compared in float64, so a measured L-inf norm never exceeds the configured epsilon.
@@ -410,33 +379,3 @@ def _largest_not_above(value: float, dtype: torch.dtype) -> float:
     if bound.item() > value:
         bound = torch.nextafter(bound, torch.zeros_like(bound))
     return bound.item()
-
-
-def _check_tasks(tasks: dict[str, list[str]], task_kinds: dict[str, str]) -> dict[str, list[str]]:
-    if not isinstance(tasks, dict) or not tasks:
-        raise ValueError("tasks must be a non-empty mapping of task name -> list of class names")
-    unknown = [name for name in task_kinds if name not in tasks]
-    if unknown:
-        raise ValueError(f"task_kinds names unknown tasks {unknown}; the tasks are {list(tasks)}")
-    wrong = {name: kind for name, kind in task_kinds.items() if kind not in DENSE_KINDS}
-    if wrong:
-        raise ValueError(f"task_kinds {wrong}: a dense task's kind is one of {', '.join(DENSE_KINDS)} "
-                         "(classification tasks are left out)")
-    checked: dict[str, list[str]] = {}
-    for name, classes in tasks.items():
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"task names must be non-empty strings, got {name!r}")
-        if isinstance(classes, str) or not isinstance(classes, (list, tuple)):
-            raise ValueError(f"task {name!r}: classes must be a list of class names, got {classes!r}")
-        classes = list(classes)
-        if task_kinds.get(name) in ("depth", "normals"):
-            if classes:
-                raise ValueError(f"task {name!r} is a {task_kinds[name]} map: it has no classes, give []")
-            checked[name] = classes
-            continue
-        if len(classes) < 2:
-            raise ValueError(f"task {name!r} needs at least 2 classes, got {classes}")
-        if len(set(classes)) != len(classes):
-            raise ValueError(f"task {name!r} lists a class twice: {classes}")
-        checked[name] = classes
-    return checked
