@@ -161,6 +161,7 @@ def test_cli_inspect_reads_label_maps(tmp_path) -> None:
     report = json.loads(result.output)
     assert report["images"] == 6
     seg, depth = report["dense_tasks"]
-    assert (seg["name"], seg["kind"], len(seg["classes"])) == ("seg", "segmentation", 4)
+    assert (seg["name"], seg["kind"], seg["classes"]) == ("seg", "segmentation", ["background", "sphere", "cube",
+                                                                              "pyramid"])  # its id2label.json
     assert sum(seg["pixel_counts"]) + round(seg["invalid_share"] * 6 * 32 * 32) == 6 * 32 * 32
     assert depth["kind"] == "depth" and 0.5 < depth["value_range"][0] < depth["value_range"][1] < 20  # metres

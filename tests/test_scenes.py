@@ -18,7 +18,7 @@ def test_voc_layout_and_conventions(tmp_path):
     rows = list(csv.DictReader((out / "labels.csv").open()))
     assert [r["path"] for r in rows] == [f"{i:04d}.png" for i in range(6)]
     assert {r["count"] for r in rows} <= set(COUNTS)
-    assert json.loads((out / "id2label.json").read_text()) == {str(i): c for i, c in enumerate(CLASSES)}
+    assert json.loads((out / "segmentation" / "id2label.json").read_text()) == {str(i): c for i, c in enumerate(CLASSES)}
     for r in rows:
         image = Image.open(out / "images" / r["path"])
         assert image.mode == "RGB" and image.size == (32, 32)

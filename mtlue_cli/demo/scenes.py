@@ -12,7 +12,7 @@ the class away. Design choices measured in benchmarks/dense.py (benchmarks/RESUL
 
 Layouts:
 - "voc": `images/NNNN.png` (RGB), `segmentation/NNNN.png` (palette PNG, pixel = class index, 255 = void on
-  object borders) with `id2label.json`, `depth/NNNN.png` (16-bit, millimetres, 0 = invalid), `normals/NNNN.png`
+  object borders) with `id2label.json` beside them, `depth/NNNN.png` (16-bit, millimetres, 0 = invalid), `normals/NNNN.png`
   (RGB = (n + 1) * 127.5, the zero vector where invalid), and `labels.csv` (path, count), written last.
 - "nyuv2": mtan / LibMTL's per-sample `.npy`: `image/N.npy` float32 (H, W, 3) in [0, 1], `label/N.npy` int64
   (H, W) with -1 ignored, `depth/N.npy` float32 (H, W, 1) metres with 0 invalid, `normal/N.npy` float32
@@ -226,7 +226,9 @@ def make_scenes(out: Path, n: int = 300, size: int = 64, seed: int = 0, layout: 
         rows.append((name, COUNTS[scene["count"] - 1]))
     if layout == "nyuv2":
         return out
-    write_text(out / "id2label.json", json.dumps({str(i): c for i, c in enumerate(CLASSES)}, indent=2) + "\n")
+    # Beside the maps, where `--map seg=segmentation:DIR` looks for class names (data.dense_labels).
+    write_text(out / "segmentation" / "id2label.json",
+               json.dumps({str(i): c for i, c in enumerate(CLASSES)}, indent=2) + "\n")
 
     def write(tmp: Path) -> None:
         with tmp.open("w", newline="") as fh:
