@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from mtlue_cli.data.kinds import TaskKind, kind_named, kinds_of
-from mtlue_cli.errors import FileProblem, examples
+from mtlue_cli.errors import ConfigError, FileProblem, examples
 
 CLASSIFICATION = ("multiclass", "binary")
 TaskEntry = Union[list[str], dict[str, Any]]  # one task in `TaskSpec.to_dict`
@@ -50,6 +50,14 @@ class TaskSpec:
         if not self.kind_names:
             return kinds_of(self.num_classes)
         return [kind_named(k, n) for k, n in zip(self.kind_names, self.num_classes)]
+
+    def require_classification(self, command: str) -> None:
+        """Refuse label-map tasks where `command` cannot take them yet (issue 28), before any work starts."""
+        dense = [f"{name} ({kind.name})" for name, kind in zip(self.names, self.kinds) if kind.dense]
+        if dense:
+            raise ConfigError(f"{command} cannot use label maps yet: {', '.join(dense)}. `mtlue inspect` reads them; "
+                              "fitting, protecting and verifying them is being built. Leave those tasks out "
+                              "(--tasks, or a labels file without them) to work on the class labels")
 
     @property
     def binary(self) -> tuple[bool, ...]:

@@ -140,6 +140,7 @@ def protect_dataset(loaded: LoadedGenerator, data: DataConfig, out: Path, cfg: P
     model = loaded.model.to(device).eval()
     tasks, size, epsilon = model.tasks, model.image_size, float(model.epsilon)
     table = read_labels(data)
+    table.spec.require_classification("protect")
     remap, missing = _label_remap(table, tasks)
     protected_tasks = [t for t in tasks if t not in missing and t not in model.unprotected]
     if not protected_tasks:
@@ -335,6 +336,7 @@ def protect_with_fit(data: DataConfig, out: Path, fit_cfg: FitConfig, cfg: Prote
         log(on_event, f"--resume: reusing the generator fitted before in {gen_dir}")
     else:
         table = read_labels(data)
+        table.spec.require_classification("protect")
         holdout = held_out(table.records, cfg.holdout, cfg.seed)  # the same split protect leaves out
         log(on_event, f"no --generator: fitting one on the {len(table.records) - len(holdout)} labelled images to "
             f"protect (recipe written to {gen_dir / 'fit_record.json'})")

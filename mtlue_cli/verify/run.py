@@ -48,6 +48,7 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
     if not (protected / outputs.LABELS).is_file():
         raise ConfigError(f"{protected}: no {outputs.LABELS}; --protected is a folder written by `mtlue protect`")
     clean_table = read_labels(clean)
+    clean_table.spec.require_classification("verify")
     res = cfg.res or victim_res(outputs.read_run(protected).working_size,
                                 median_short_side(clean_table.root, [r.path for r in clean_table.records]))
     clean = dataclasses.replace(clean, size=res)
