@@ -441,21 +441,22 @@ def test_unlabelled_images_stop_protect_in_one_line_or_are_listed_with_skip_bad(
 # ----------------------------------------------------------------------------- preview
 
 
-def _tiles(path: Path, rows: int) -> list[int]:
-    """The side of each row's tiles in a preview (3 square tiles a row, 4 px white padding)."""
+def _tiles(path: Path, rows: int) -> list[tuple[int, int]]:
+    """(top, side) of each row's tiles in a preview: the runs of pixel rows that the first tile column (4 px from the
+    left) fills; the header and the captions above the rows are text, which covers a small part of its row."""
     with Image.open(path) as im:
         grid = np.asarray(im.convert("RGB")).astype(int)
-    content = (grid[:, 4:132] != 255).any(axis=(1, 2))  # rows of the first tile column that are not padding
-    sides, y = [], 0
+    content = (grid[:, 4:132] != 255).any(axis=2).mean(axis=1) > 0.9
+    tiles, y = [], 0
     while y < len(content):
         if content[y]:
             start = y
             while y < len(content) and content[y]:
                 y += 1
-            sides.append(y - start)
+            tiles.append((start, y - start))
         y += 1
-    assert len(sides) == rows
-    return sides
+    assert len(tiles) == rows
+    return tiles
 
 
 def test_preview_tiles_are_native_crops_a_person_can_judge(tmp_path: Path, loaded) -> None:
@@ -465,21 +466,55 @@ def test_preview_tiles_are_native_crops_a_person_can_judge(tmp_path: Path, loade
     report = run(loaded, root, labels, out, preview=3)
     assert report.preview == tmp_path / "out.preview.png" and report.preview.is_file()
     assert not (out / "out.preview.png").exists()
-    sides = _tiles(report.preview, 3)
-    assert all(side >= 128 for side in sides), sides  # not the 16-px working size
+    tiles = _tiles(report.preview, 3)
+    assert all(side >= 128 for _, side in tiles), tiles  # not the 16-px working size
+    assert tiles[1][0] - sum(tiles[0]) > 4 + 12  # protect captions each row (file and labels) above its tiles
     # The 300x220 photo: a centre crop as large as its height (under 256 px), at its own resolution.
-    assert sides[1] == 220
+    top, side = tiles[1]
+    assert side == 220
     with Image.open(report.preview) as im:
         grid = np.asarray(im.convert("RGB"))
-    top = 4 + sides[0] + 4
-    shown = grid[top:top + 220, 4 + 220 + 4:4 + 2 * 220 + 4]  # row 2, the protected tile
+    column = 4 + 220  # the columns are as wide as the largest tile, whatever the row
+    shown = grid[top:top + 220, 4 + column:4 + column + 220]  # row 2, the protected tile
     with Image.open(out / "photo.png") as written:
         crop = np.asarray(written.convert("RGB"))[:, 40:260]  # the centre 220 x 220 of the file as written
     assert np.array_equal(shown, crop)
     # The 16x20 image: its 16-px centre crop enlarged 8x, pixel-exact.
     with Image.open(out / "small.png") as written:
         small = np.asarray(written.convert("RGB"))[2:18]
-    assert np.array_equal(grid[4:4 + 128:8, 4 + 128 + 4:4 + 2 * 128 + 4:8], small)
+    top = tiles[0][0]
+    assert np.array_equal(grid[top:top + 128:8, 4 + column:4 + column + 128:8], small)
+
+
+def test_preview_names_its_columns_and_rows(tmp_path: Path, loaded) -> None:
+    """A header band over the tiles (original, protected, δ with its amplification) and a caption over each row
+    (file and labels): the image is taller than its tiles, and the text is there."""
+    from mtlue_cli.encode import _drawable, _wrap, write_preview
+
+    root, labels = make_dataset(tmp_path, [("a.png", (64, 64), "RGB"), ("b.png", (64, 64), "RGB")])
+    out = tmp_path / "out"
+    run(loaded, root, labels, out)
+    pairs = [(root / n, out / n) for n in ("a.png", "b.png")]
+    bare = write_preview(pairs, tmp_path / "bare.png", 8 / 255)
+    named = write_preview(pairs, tmp_path / "named.png", 8 / 255, ["a.png: shape=a, size=s", "b.png: shape=b, size=l"])
+    with Image.open(bare) as a, Image.open(named) as b:
+        bare_px, named_px = np.asarray(a.convert("RGB")), np.asarray(b.convert("RGB"))
+    tiles = _tiles(bare, 2)
+    assert tiles[0][0] > 4 + 20  # the header band: two lines of text above the first row
+    assert (bare_px[:tiles[0][0] - 4] != 255).any()  # ... with the column names drawn in it
+    assert bare_px.shape[0] == tiles[0][0] + 2 * (128 + 4)  # tiles and padding below the header, nothing else
+    named_tiles = _tiles(named, 2)
+    assert named_px.shape[0] > bare_px.shape[0] and named_tiles[0][0] > tiles[0][0]  # a caption line over each row
+    gap = named_px[named_tiles[0][0] + 128 + 4:named_tiles[1][0]]  # between the rows: row 2's caption
+    assert (gap != 255).any()
+    assert np.array_equal(named_px[named_tiles[1][0]:named_tiles[1][0] + 128], bare_px[tiles[1][0]:tiles[1][0] + 128])
+    # What the default font cannot draw becomes '?', and long captions wrap within the width, at most 3 lines.
+    from PIL import ImageFont
+
+    font = ImageFont.load_default(size=12)
+    assert _drawable("age=\u4e2d, ok", font) == "age=?, ok"
+    lines = _wrap(" ".join(["word"] * 200), font, 100)
+    assert len(lines) == 3 and lines[-1].endswith("...") and all(font.getlength(x) <= 100 for x in lines[:2])
 
 
 def test_generator_gets_the_cores_the_workers_leave(monkeypatch: pytest.MonkeyPatch) -> None:

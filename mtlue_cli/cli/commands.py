@@ -192,7 +192,7 @@ def protect(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder's files.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Stop at the first file that fails.")] = False,
     batch_size: Annotated[int, typer.Option(help="Images per generator batch.")] = 32,
-    preview: Annotated[int, typer.Option(help="Write OUT.preview.png with N rows: original, protected, amplified δ (the centre of each file at its own resolution).")] = 0,
+    preview: Annotated[int, typer.Option(help="Write OUT.preview.png with N rows: original, protected, amplified δ (the centre of each file at its own resolution), columns named, each row captioned with its file and labels.")] = 0,
     amp: AmpOpt = "auto",
     read: ReadOptions = ReadOptions(),
     skip_bad: SkipBadOpt = False,

@@ -32,6 +32,7 @@ from mtlue_cli.protect.outputs import FileResult
 
 PREVIEW_CROP = 256  # px of the native-resolution files shown per tile (the centre of each image)
 PREVIEW_TILE = 128  # smaller crops are enlarged, pixel-exact, to at least this
+PREVIEW_FONT = 12  # px: the column names and row captions of the preview
 
 
 def measure(written: Image.Image, original: Image.Image, rows: int | None = None) -> tuple[int, float, float]:
@@ -106,16 +107,67 @@ def _tiles(original: Path, protected: Path, epsilon: float) -> list[Image.Image]
     return [t.resize((side * scale, side * scale), Image.Resampling.NEAREST) for t in (a, b, amplified)]
 
 
-def write_preview(pairs: list[tuple[Path, Path]], path: Path, epsilon: float, pad: int = 4) -> Path:
+def _drawable(text: str, font: Any) -> str:
+    """`text` with '?' for the characters Pillow's default font has no glyph for (it would draw a box)."""
+    missing = font.getmask("\uffff")
+    blank = (missing.size, bytes(np.asarray(missing, np.uint8)))
+
+    def known(c: str) -> bool:
+        if c.isascii():
+            return True
+        mask = font.getmask(c)
+        return (mask.size, bytes(np.asarray(mask, np.uint8))) != blank
+
+    return "".join(c if known(c) else "?" for c in text)
+
+
+def _wrap(text: str, font: Any, width: int, max_lines: int = 3) -> list[str]:
+    """`text` broken at spaces into lines of at most `width` px; past `max_lines`, the last ends in '...'."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] += " ..."
+    for i, line in enumerate(lines):  # a single word wider than the tiles: cut
+        while font.getlength(line) > width and len(line) > 4:
+            line = line[:-4] + "..."
+        lines[i] = line
+    return lines
+
+
+def write_preview(pairs: list[tuple[Path, Path]], path: Path, epsilon: float, captions: list[str] | None = None,
+                  pad: int = 4) -> Path:
     """A grid, one row per (original, protected file) pair: original | protected | amplified δ, each tile a
-    crop of the files at their own resolution (enlarged to PREVIEW_TILE px where the image is smaller)."""
+    crop of the files at their own resolution (enlarged to PREVIEW_TILE px where the image is smaller), under a
+    header that names the columns (δ with its amplification), each row under its caption (file and labels)."""
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=PREVIEW_FONT)  # Pillow's own font: no font file, no dependency
+    line = PREVIEW_FONT + 3
     rows = [_tiles(original, protected, epsilon) for original, protected in pairs]
-    width = max(3 * r[0].width for r in rows) + 4 * pad
-    canvas = Image.new("RGB", (width, sum(r[0].height for r in rows) + (len(rows) + 1) * pad), (255, 255, 255))
-    top = pad
-    for tiles in rows:
+    column = max(r[0].width for r in rows)  # columns line up whatever each row's tile size
+    width = 3 * column + 4 * pad
+    texts = [_wrap(_drawable(c, font), font, width - 2 * pad) for c in captions] if captions else [[] for _ in rows]
+    # δ is drawn at (δ / 2ε + 1/2) of the full range: amplified 1/(2ε) times, mid-grey where it is 0.
+    header = [("original", ""), ("protected", f"epsilon {epsilon * 255:.3g}/255"),
+              (f"delta x{1 / (2 * epsilon):.3g}", "mid-grey = 0")]
+    top = pad + 2 * line + pad
+    height = top + sum(len(t) * line + r[0].height + pad for t, r in zip(texts, rows))
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for k, (title, note) in enumerate(header):
+        draw.text((pad + k * (column + pad), pad), title, fill=(0, 0, 0), font=font)
+        draw.text((pad + k * (column + pad), pad + line), note, fill=(90, 90, 90), font=font)
+    for tiles, lines in zip(rows, texts):
+        for text in lines:
+            draw.text((pad, top), text, fill=(0, 0, 0), font=font)
+            top += line
         for k, tile in enumerate(tiles):
-            canvas.paste(tile, (pad + k * (tile.width + pad), top))
+            canvas.paste(tile, (pad + k * (column + pad), top))
         top += tiles[0].height + pad
     atomic_write(path, lambda tmp: canvas.save(tmp, "PNG"))
     return path

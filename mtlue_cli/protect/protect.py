@@ -205,8 +205,11 @@ def protect_dataset(loaded: LoadedGenerator, data: DataConfig, out: Path, cfg: P
             for r in sorted((r for r in records if r.path in ok), key=lambda r: r.path)])
     preview = None
     if dist.is_main and cfg.preview and done:
-        preview = write_preview([(root / r.source, out / str(r.output)) for r in done[:cfg.preview]],
-                                outputs.preview_path(out), epsilon)
+        shown = [r for r in records if r.path in ok][:cfg.preview]  # done's order
+        captions = [f"{r.path}: " + ", ".join(f"{t}={table.spec.classes[k][v]}" for k, (t, v) in
+                                              enumerate(zip(table.spec.names, r.labels))) for r in shown]
+        preview = write_preview([(root / ok[r.path].source, out / str(ok[r.path].output)) for r in shown],
+                                outputs.preview_path(out), epsilon, captions)
     seconds = time.perf_counter() - started
     written = sum(r.status == "ok" for r in done)
     finite_psnr = [r.psnr for r in done if r.psnr is not None and r.psnr != float("inf")]
