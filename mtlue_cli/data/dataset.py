@@ -125,7 +125,7 @@ def load_dataset(cfg: DataConfig, on_event: OnEvent | None = None, table: LabelT
     n, size = len(table.records), cfg.size
     images = _allocate(n, size, cfg.cache)
     kinds, reading = table.spec.kinds, reading_of(cfg)
-    too_many = [n for n, k in zip(table.spec.names, kinds) if getattr(k, "classes", 0) > SEG_MAX_CLASSES and k.dense]
+    too_many = [t for t, k in zip(table.spec.names, kinds) if k.dense and getattr(k, "classes", 0) > SEG_MAX_CLASSES]
     if too_many:
         raise DatasetError(f"segmentation task(s) {too_many} have over {SEG_MAX_CLASSES} classes, more than the "
                            "int16 maps hold")
