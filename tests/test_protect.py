@@ -489,7 +489,7 @@ def test_preview_tiles_are_native_crops_a_person_can_judge(tmp_path: Path, loade
 def test_preview_names_its_columns_and_rows(tmp_path: Path, loaded) -> None:
     """A header band over the tiles (original, protected, δ with its amplification) and a caption over each row
     (file and labels): the image is taller than its tiles, and the text is there."""
-    from mtlue_cli.encode import _drawable, _wrap, write_preview
+    from mtlue_cli.protect.encode import _drawable, _wrap, write_preview
 
     root, labels = make_dataset(tmp_path, [("a.png", (64, 64), "RGB"), ("b.png", (64, 64), "RGB")])
     out = tmp_path / "out"
