@@ -66,6 +66,10 @@ class _Dense:
     def trivial_predictions(self, train: Tensor) -> dict[str, Tensor]:
         raise NotImplementedError
 
+    def flip(self, target: Tensor) -> Tensor:
+        """Mirror the map left-right (joint augmentation); a kind whose values have a direction adds to it."""
+        return target.flip(-1)
+
 
 def _per_pixel_or_global(per_pixel: Tensor, empty: Tensor, global_value: Tensor) -> Tensor:
     """Per-pixel statistic, the global one where no training image had a valid pixel."""
@@ -118,9 +122,6 @@ class Segmentation(_Dense):
 
     def resize(self, target: np.ndarray, size: int) -> np.ndarray:
         return nearest(target, size)  # (S, S)
-
-    def flip(self, target: Tensor) -> Tensor:
-        return target.flip(-1)
 
     def meter(self) -> SegmentationMeter:
         return SegmentationMeter(self.classes)
@@ -179,9 +180,6 @@ class Depth(_Dense):
         # The whole frame is resized, so the scene's distances stay (mtan divides depth by its random scale factor,
         # which models moving closer: not this).
         return nearest(target, size)  # (1, S, S)
-
-    def flip(self, target: Tensor) -> Tensor:
-        return target.flip(-1)
 
     def meter(self) -> DepthMeter:
         return DepthMeter()

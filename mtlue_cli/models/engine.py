@@ -11,6 +11,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from mtlue_cli.data.augment import flip_targets
 from mtlue_cli.data.kinds import kinds_of
 from mtlue_cli.events import OnEvent, noop
 from mtlue_cli.models.classifiers import predict, task_losses
@@ -49,17 +50,17 @@ def augment(x: torch.Tensor, crop: int, gen: torch.Generator | None = None, targ
     out = out.permute(0, 3, 1, 2).contiguous()
     if targets is None:
         return out
-    moved = []
+    cropped = []
     for target, kind in zip(targets, kinds or []):
-        if kind.dense:
-            target = target.to(x.device)
-            spatial = target if target.dim() == 3 else target.permute(0, 2, 3, 1)  # (B,H,W[,C])
-            cropped = spatial[bi, rows[:, :, None], straight[:, None, :]]
-            cropped = cropped if target.dim() == 3 else cropped.permute(0, 3, 1, 2).contiguous()
-            mask = flip.view(-1, *([1] * (cropped.dim() - 1)))
-            target = torch.where(mask, kind.flip(cropped), cropped)
-        moved.append(target)
-    return out, moved
+        target = target.to(x.device)
+        if kind.dense:  # the image's crop, unmirrored: flip_targets mirrors each kind its own way
+            channels = target.dim() == 4  # depth, normals (B,C,H,W); segmentation (B,H,W)
+            spatial = target.permute(0, 2, 3, 1) if channels else target  # (B,H,W[,C])
+            target = spatial[bi, rows[:, :, None], straight[:, None, :]]
+            if channels:
+                target = target.permute(0, 3, 1, 2).contiguous()
+        cropped.append(target)
+    return out, flip_targets(cropped, kinds or [], flip)
 
 
 def center_crop(x: torch.Tensor, crop: int) -> torch.Tensor:
