@@ -171,11 +171,19 @@ def angle_scores(errors: torch.Tensor) -> dict[str, float]:
             **{f"within_{t:g}": float((e < t).mean()) for t in ANGLE_THRESHOLDS}}
 
 
-def depth_error_sums(pred: torch.Tensor, target: torch.Tensor) -> tuple[float, float, int]:
-    """Sums of |d - d*| and |d - d*| / d* over the valid pixels (d* > 0), and their count."""
+DELTA1 = 1.25  # depth "accuracy": the share of valid pixels with max(d / d*, d* / d) < 1.25 (Eigen et al. 2014)
+
+
+def depth_error_sums(pred: torch.Tensor, target: torch.Tensor) -> tuple[float, float, int, int]:
+    """Sums of |d - d*| and |d - d*| / d* over the valid pixels (d* > 0), the pixels within DELTA1 (a prediction
+    <= 0 never is) and their count."""
+    import torch
+
     valid = target > 0
-    err = (pred.double() - target.double()).abs()[valid]
-    return float(err.sum()), float((err / target.double()[valid]).sum()), int(valid.sum())
+    d, t = pred.double()[valid], target.double()[valid]
+    err = (d - t).abs()
+    within = (d > 0) & (torch.maximum(d / t.clamp(min=1e-12), t / d.clamp(min=1e-12)) < DELTA1)
+    return float(err.sum()), float((err / t).sum()), int(within.sum()), int(valid.sum())
 
 
 def protection_ratio(protected: float, clean: float, trivial: float, higher_is_better: bool) -> float | None:
@@ -227,15 +235,16 @@ class DepthMeter:
     per-batch means by their valid pixels, which is the same)."""
 
     def __init__(self) -> None:
-        self.abs_sum, self.rel_sum, self.count = 0.0, 0.0, 0
+        self.abs_sum, self.rel_sum, self.within, self.count = 0.0, 0.0, 0, 0
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        a, r, n = depth_error_sums(pred, target.to(pred.device))
-        self.abs_sum, self.rel_sum, self.count = self.abs_sum + a, self.rel_sum + r, self.count + n
+        a, r, w, n = depth_error_sums(pred, target.to(pred.device))
+        self.abs_sum, self.rel_sum, self.within, self.count = self.abs_sum + a, self.rel_sum + r, self.within + w, self.count + n
 
     def result(self) -> dict[str, float]:
         n = self.count
-        return {"abs_error": self.abs_sum / n if n else math.nan, "rel_error": self.rel_sum / n if n else math.nan}
+        return {"abs_error": self.abs_sum / n if n else math.nan, "rel_error": self.rel_sum / n if n else math.nan,
+                "delta1": self.within / n if n else math.nan}
 
 
 class NormalsMeter:

@@ -51,8 +51,9 @@ def test_miou_from_a_hand_computed_global_confusion_matrix() -> None:
 def test_depth_and_normal_scores_hand_computed() -> None:
     meter = Depth().meter()
     meter.update(torch.tensor([[[[1.0, 2.0], [3.0, 5.0]]]]), torch.tensor([[[[2.0, 0.0], [1.0, 4.0]]]]))
-    # Valid pixels (target > 0): |1-2| = 1, |3-1| = 2, |5-4| = 1 -> 4/3; relative 1/2 + 2/1 + 1/4 -> 2.75/3.
-    assert meter.result() == pytest.approx({"abs_error": 4 / 3, "rel_error": 2.75 / 3})
+    # Valid pixels (target > 0): |1-2| = 1, |3-1| = 2, |5-4| = 1 -> 4/3; relative 1/2 + 2/1 + 1/4 -> 2.75/3;
+    # ratios 2, 3 and 1.25 (not < 1.25): none within delta1.
+    assert meter.result() == pytest.approx({"abs_error": 4 / 3, "rel_error": 2.75 / 3, "delta1": 0.0})
     target = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]).T.reshape(1, 3, 1, 4)
     pred = torch.tensor([[2.0, 0.0, 0.0], [5.0, 5.0, 5.0], [0.0, 3.0, 0.0], [0.0, 1.0, 1.0]]).T.reshape(1, 3, 1, 4)
     errors = angular_errors(pred, target)  # the zero target vector is invalid
@@ -193,9 +194,11 @@ def test_depth_and_normals_trivial_hand_computed() -> None:
     # Valid depths 1 2 3 4 6 8: lower median 3; per pixel (1, 2, 3) -> 2 and (4, 6, 8) -> 6.
     assert guesses["global"].flatten().tolist() == [3.0, 3.0] and guesses["per-pixel"].flatten().tolist() == [2.0, 6.0]
     test = torch.tensor([[2.0, 6.0], [3.0, 0.0]]).reshape(2, 1, 1, 2)
-    assert Depth().trivial(train, test) == pytest.approx({"abs_error": 1 / 3, "rel_error": 1 / 9})  # per-pixel
+    assert Depth().trivial(train, test) == pytest.approx({"abs_error": 1 / 3, "rel_error": 1 / 9,
+                                                           "delta1": 2 / 3})  # per-pixel: 2 vs 3 is a ratio of 1.5
     assert Depth().trivial(train, torch.tensor([3.0, 3.0]).reshape(1, 1, 1, 2)) == {"abs_error": 0.0,
-                                                                                   "rel_error": 0.0}  # global
+                                                                                   "rel_error": 0.0,
+                                                                                   "delta1": 1.0}  # global
     normals = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], [[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]])  # (N, px, 3)
     train_n = normals.permute(0, 2, 1).reshape(2, 3, 1, 2)
     guesses = Normals().trivial_predictions(train_n)

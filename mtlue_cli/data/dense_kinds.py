@@ -90,6 +90,7 @@ class Segmentation(_Dense):
     tap_target: str = "shift"  # shift | untargeted
     name = "segmentation"
     primary = "miou"
+    agreement = "pixel_accuracy"
     higher_is_better = True
 
     def __post_init__(self) -> None:
@@ -149,6 +150,7 @@ class Depth(_Dense):
     tap_target: str = "reflect"  # reflect | untargeted
     name = "depth"
     primary = "abs_error"
+    agreement = "delta1"
     higher_is_better = False
     outputs = 1
 
@@ -204,6 +206,7 @@ class Normals(_Dense):
     tap_target: str = "negate"  # negate | untargeted
     name = "normals"
     primary = "mean_angle"
+    agreement = "within_11.25"
     higher_is_better = False
     outputs = 3
 

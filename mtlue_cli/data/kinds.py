@@ -42,6 +42,7 @@ class MultiClass:
     name = "multiclass"
     dense = False
     primary = "accuracy"
+    agreement = "accuracy"  # the meter's share of predictions that match a target: what fit's stop rule counts
     higher_is_better = True
 
     @property

@@ -69,6 +69,21 @@ class TaskSpec:
         """Label-map tasks (segmentation, depth, normals): targets in `MultiTaskImageDataset.maps`, not `labels`."""
         return tuple(kind.dense for kind in self.kinds)
 
+    def generator_tasks(self) -> tuple[dict[str, list[str]], dict[str, str]]:
+        """The two arguments a `PerturbationGenerator` takes for these tasks: name -> class names (none for depth and
+        normals) and name -> kind for the label-map tasks only."""
+        tasks = {name: list(classes) for name, classes in zip(self.names, self.classes)}
+        return tasks, {name: kind.name for name, kind in zip(self.names, self.kinds) if kind.dense}
+
+    @classmethod
+    def from_generator(cls, tasks: dict[str, list[str]], task_kinds: dict[str, str] | None = None) -> TaskSpec:
+        """Inverse of `generator_tasks`: the spec of a generator's `tasks` and `task_kinds`."""
+        task_kinds = task_kinds or {}
+        classes = tuple(tuple(str(c) for c in v) for v in tasks.values())
+        kinds = tuple(task_kinds.get(name) or ("binary" if len(c) == 2 else "multiclass")
+                      for name, c in zip(tasks, classes))
+        return cls(tuple(tasks), classes, kinds)
+
     def to_dict(self) -> dict[str, TaskEntry]:
         """JSON form (a generator's config.json `tasks`): name -> class list for a classification task, as before
         issue 28; name -> {"kind": ..., "classes": [...]} for a label-map task ("classes" for segmentation only)."""

@@ -106,3 +106,15 @@ class DenseMTLNet(nn.Module):
             else:
                 out.append(self.heads[str(k)](shared))  # (B, outputs)
         return out
+
+
+def build_model(kinds: list[Any], arch: str = "resnet18", stem: str = "imagenet", image_size: int = 64) -> nn.Module:
+    """The surrogate or victim for tasks of these kinds (data.kinds): the §6.1 `MTLClassifier` when every task is a
+    classification task, else a `DenseMTLNet` (ResNet-18 only: the label-map decoders read its stages)."""
+    from mtlue_cli.models.classifiers import MTLClassifier
+
+    if not any(kind.dense for kind in kinds):
+        return MTLClassifier([kind.classes for kind in kinds], arch=arch, stem=stem, image_size=image_size)
+    if arch != "resnet18":
+        raise ValueError(f"label-map tasks train on a resnet18 trunk with one decoder per map, not {arch}")
+    return DenseMTLNet([{"kind": kind.name, "outputs": kind.outputs} for kind in kinds], stem=stem)
