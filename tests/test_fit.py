@@ -101,7 +101,8 @@ def test_sep_computing_delta_once_matches_the_official_gradient():
         return (x + m(x, y)).clamp(0, 1)
 
     g.eval()  # BN in eval: the passes see identical statistics, so the gradients must agree exactly
-    _sep_recompute(g, g, surrogates, x, y, [3, 2], embedding_regulariser)
+    ctx = SimpleNamespace(maps=lambda targets: None, kinds=[3, 2])  # the FitContext parts a classification step reads
+    _sep_recompute(ctx, g, g, surrogates, x, y, y, embedding_regulariser)
     official = [p.grad.clone() for p in g.parameters()]
     g.zero_grad()
     xp = perturbed(x, y, g)

@@ -127,6 +127,7 @@ def fit(
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
     amp: AmpOpt = "auto",
     read: ReadOptions = ReadOptions(),
+    label_maps: MapOptions = MapOptions(),
     skip_bad: SkipBadOpt = False,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
@@ -134,7 +135,8 @@ def fit(
     debug: DebugOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Train a protection generator on your labelled images (EM, TAP or SEP + the MTL-UE regularisers)."""
+    """Train a protection generator on your labelled images (EM, TAP or SEP + the MTL-UE regularisers); label maps
+    (segmentation, depth, normals: --map, --map-column, the nyuv2 layout) are tasks too, mixed with class labels."""
     quiet = rank0_talks(quiet)
     with errors(debug):
         from mtlue_cli.fit.folder import fit_config, fit_folder
@@ -156,7 +158,7 @@ def fit(
         )
         if lift:
             cfg = dataclasses.replace(cfg, time_budget=None)
-        data_cfg = read.data_config(data, labels, skip_bad, workers)
+        data_cfg = dataclasses.replace(read.data_config(data, labels, skip_bad, workers), **label_maps.fields())
         render_recipe(name, cfg)
         with Renderer(quiet) as render:
             report = fit_folder(data_cfg, cfg, out, on_event=render)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mtlue_cli.metrics import DepthMeter, NormalsMeter, SegmentationMeter
+from mtlue_cli.metrics import ANGLE_THRESHOLDS, DELTA1, DepthMeter, NormalsMeter, SegmentationMeter
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -127,6 +127,12 @@ class Segmentation(_Dense):
     def meter(self) -> SegmentationMeter:
         return SegmentationMeter(self.classes)
 
+    def agree(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """(correctly classified, scored) pixels: the parts of pixel accuracy."""
+        t = target.to(pred.device).long()
+        valid = (t >= 0) & (t < self.classes)
+        return ((pred == t) & valid).sum().float(), valid.sum().float()
+
     def trivial_predictions(self, train: Tensor) -> dict[str, Tensor]:
         """The most frequent training class over all pixels ("global") and at each pixel ("per-pixel"; the global
         one where a pixel is ignored in every image). Ties go to the lower class index. Each (S, S)."""
@@ -185,6 +191,16 @@ class Depth(_Dense):
 
     def meter(self) -> DepthMeter:
         return DepthMeter()
+
+    def agree(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """(pixels within delta1, valid pixels): the parts of `delta1`."""
+        import torch
+
+        t = target.to(pred.device).float()
+        valid = t > 0
+        d = pred.float()
+        ratio = torch.maximum(d / t.clamp(min=1e-12), t / d.clamp(min=1e-12))
+        return (valid & (d > 0) & (ratio < DELTA1)).sum().float(), valid.sum().float()
 
     def trivial_predictions(self, train: Tensor) -> dict[str, Tensor]:
         """The median training depth (it minimises L1) over all valid pixels and at each pixel; torch's median, the
@@ -245,6 +261,17 @@ class Normals(_Dense):
 
     def meter(self) -> NormalsMeter:
         return NormalsMeter()
+
+    def agree(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """(pixels within 11.25 degrees, valid pixels): the parts of `within_11.25`."""
+        import math
+
+        import torch.nn.functional as F
+
+        t = target.to(pred.device).float()
+        valid = t.abs().sum(1) > 0
+        cos = (F.normalize(pred.float(), dim=1) * t).sum(1)
+        return (valid & (cos > math.cos(math.radians(ANGLE_THRESHOLDS[0])))).sum().float(), valid.sum().float()
 
     def trivial_predictions(self, train: Tensor) -> dict[str, Tensor]:
         """The normalised mean training normal over all valid pixels and at each pixel. Each (3, S, S)."""

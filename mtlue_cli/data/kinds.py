@@ -78,6 +78,12 @@ class MultiClass:
     def meter(self) -> AccuracyMeter:
         return AccuracyMeter()
 
+    def agree(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """(matches, count) of a batch as float tensors on the prediction's device, so ranks can sum them: the parts
+        of `meter().result()[agreement]`."""
+        hits = (pred.reshape(-1) == target.reshape(-1).to(pred.device)).sum().float()
+        return hits, hits.new_tensor(float(target.numel()))
+
     def trivial(self, train: Tensor, test: Tensor) -> dict[str, float]:
         """The training majority class's score on `test`, keyed as `meter().result()`."""
         return {"accuracy": self.majority(train, test)}

@@ -53,10 +53,7 @@ def fit_folder(data: DataConfig, cfg: FitConfig, out: Path, on_event: OnEvent | 
     out = Path(out)
     if (out / WEIGHTS).exists() and not (cfg.resume or replace):
         raise ConfigError(f"{out} already holds a generator; choose another --out or pass --resume")
-    if table is not None:
-        table.spec.require_classification("fit")
     dataset = load_dataset(dataclasses.replace(data, size=cfg.image_size), on_event, table=table)
-    dataset.spec.require_classification("fit")
     dataset = dataset.without(exclude or set())
     result = fit_generator(dataset, cfg, out, on_event)
     return FitReport(result, out, list(dataset.spec.names), len(dataset), dataset.skipped)

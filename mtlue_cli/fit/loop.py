@@ -26,17 +26,16 @@ from mtlue_cli.events import OnEvent, log, noop
 from mtlue_cli.fit.losses import embedding_regulariser, sep_loss
 from mtlue_cli.fit.methods import METHODS, Method, Regulariser, binary_mode, true_labels
 from mtlue_cli.fit.squeezes import random_squeeze
-from mtlue_cli.fit.surrogate import FitContext, Surrogates, accuracy_on_perturbed, perturbed
+from mtlue_cli.fit.surrogate import FitContext, Surrogates, accuracy_on_perturbed, augment_batch, perturbed
+from mtlue_cli.models.classifiers import Targets
 from mtlue_cli.models.engine import (
     ClassifierTrainer,
     Dist,
-    augment,
     autocast,
     batch_indices,
     resolve_device,
     save_atomic,
     seed_everything,
-    to_float,
 )
 from mtlue_cli.models.generator import PerturbationGenerator
 
@@ -68,6 +67,10 @@ def _validate(cfg: FitConfig, dataset: MultiTaskImageDataset, state_file: Path) 
         raise ConfigError(f"--unprotected names unknown task(s) {unknown}; tasks are {list(dataset.spec.names)}")
     if len(cfg.unprotected) == len(dataset.spec.names):
         raise ConfigError("--unprotected lists every task: nothing would be protected")
+    dense = [f"{name} ({kind.name})" for name, kind in zip(dataset.spec.names, dataset.spec.kinds) if kind.dense]
+    if dense and "op" in cfg.robust:
+        raise ConfigError(f"the op squeeze fits one linear classifier per class: it cannot take the label-map tasks "
+                          f"{', '.join(dense)}; leave op out of --robust")
     if cfg.resume and not state_file.is_file():
         raise ConfigError(f"--resume: no checkpoint in {state_file.parent}; run without --resume to start afresh")
 
@@ -83,8 +86,8 @@ def fit_generator(dataset: MultiTaskImageDataset, cfg: FitConfig, out: Path, on_
     dist = Dist.from_env()
     device = resolve_device(cfg.device, dist.local_rank if dist.enabled else None)
     dist.init(device)
-    ctx = FitContext(dataset.images, dataset.labels, dataset.spec.num_classes, dataset.spec.names,
-                     cfg.crop or default_crop(cfg.image_size), device, dist, seed_everything(cfg.seed), cfg.amp, on_event)
+    ctx = FitContext(dataset, cfg.crop or default_crop(cfg.image_size), device, dist, seed_everything(cfg.seed), cfg.amp,
+                     on_event)
     method = METHODS[cfg.method]
     stop_error = cfg.stop_error if cfg.stop_error is not None else (
         method.stop_binary if all(dataset.spec.binary) else method.stop_multiclass)
@@ -132,7 +135,8 @@ def fit_generator(dataset: MultiTaskImageDataset, cfg: FitConfig, out: Path, on_
                 from mtlue_cli.fit.projection import fit_projection
 
                 images, labels = (torch.cat(part) for part in zip(*attack.seen))
-                attack.projection, attack.seen = fit_projection(images, labels, ctx.num_classes, cfg.seed + epoch), []
+                attack.projection, attack.seen = fit_projection(images, labels, dataset.spec.num_classes,
+                                                                cfg.seed + epoch), []
             if surrogates.trainer is not None:  # §4.2 (b): two surrogate minibatches on A(x + G(x, y))
                 _train_em_surrogate(ctx, surrogates.trainer, g_module, generator, em_batches, cfg.em_train_steps)
             train_mode = surrogates.trainer is not None and cfg.em_stop_mode == "train"
@@ -195,8 +199,9 @@ def fit_generator(dataset: MultiTaskImageDataset, cfg: FitConfig, out: Path, on_
 
 
 def _build_generator(dataset: MultiTaskImageDataset, cfg: FitConfig, method: Method, surrogates: int) -> PerturbationGenerator:
+    tasks, task_kinds = dataset.spec.generator_tasks()
     generator = PerturbationGenerator(
-        tasks=dataset.spec.to_dict(), image_size=cfg.image_size, epsilon=cfg.epsilon, stem=cfg.stem,
+        tasks=tasks, task_kinds=task_kinds, image_size=cfg.image_size, epsilon=cfg.epsilon, stem=cfg.stem,
         unprotected=list(cfg.unprotected) or None, conditioning=cfg.conditioning, bound=cfg.bound, width=cfg.width,
         decorrelate=cfg.decorrelate, colour=cfg.colour,
     )
@@ -261,20 +266,21 @@ class _Attack:
     seen: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # this epoch's uint8 x+δ and labels
 
     def backward(self, ctx: FitContext, g_module: nn.Module, generator: PerturbationGenerator, x: torch.Tensor,
-                 y: torch.Tensor) -> torch.Tensor:
-        """Backpropagate the step's loss into the generator; returns it."""
+                 y: torch.Tensor, targets: Targets) -> torch.Tensor:
+        """Backpropagate the step's loss into the generator; returns it. `targets`: what the surrogate's losses read
+        (`FitContext.batch`)."""
         if self.recompute:
-            return _sep_recompute(g_module, generator, self.surrogates.attacked, x, y, ctx.num_classes, self.regulariser)
+            return _sep_recompute(ctx, g_module, generator, self.surrogates.attacked, x, y, targets, self.regulariser)
         # EOT over the attacker's squeezes (robust.py; a deviation from §4.1, off in paper-*)
         name, squeeze = random_squeeze(self.robust, ctx.gen, self.projection.apply if self.projection else None)
-        xp = perturbed(x, y, g_module)
+        xp = perturbed(x, y, g_module, ctx.maps(targets))
         if "op" in self.robust and sum(len(i) for i, _ in self.seen) < OP_IMAGES:  # the attacker fits on released pixels
             self.seen.append(((xp.detach().float().cpu() * 255).round().to(torch.uint8), y.cpu()))
-        xp = squeeze(xp)
+        xp = squeeze(xp)  # the images only: a squeeze leaves the label maps as they are
         if self.method.augment:
-            xp = augment(xp, ctx.crop, ctx.gen)
+            xp, targets = augment_batch(ctx, xp, targets)
         logits = [[t.float() for t in s(xp)] for s in self.surrogates.for_squeeze(name)]
-        loss = self.method.objective(logits, y, ctx.num_classes, self.binary_mode) + self.reg_scale * self.regulariser(
+        loss = self.method.objective(logits, targets, ctx.kinds, self.binary_mode) + self.reg_scale * self.regulariser(
             generator.embedding_weights())
         loss.backward()
         return loss
@@ -286,10 +292,10 @@ def _generator_epoch(ctx: FitContext, attack: _Attack, g_module: nn.Module, gene
     g_module.train()
     loss_sum, seen = 0.0, 0
     for idx in batch_indices(len(ctx.images), batch_size, True, ctx.gen, dist=ctx.dist):
-        x, y = to_float(ctx.images[idx], ctx.device), ctx.labels[idx].to(ctx.device)
+        x, y, targets = ctx.batch(idx)
         optimizer.zero_grad(set_to_none=True)
         with autocast(ctx.device, ctx.amp):
-            loss = attack.backward(ctx, g_module, generator, x, y)
+            loss = attack.backward(ctx, g_module, generator, x, y, targets)
         optimizer.step()
         loss_sum += float(loss.detach()) * len(idx)
         seen += len(idx)
@@ -303,10 +309,10 @@ def _train_em_surrogate(ctx: FitContext, trainer: ClassifierTrainer, g_module: n
     g_module.eval()
     for _ in range(steps):
         idx = next(batches)
-        x, y = to_float(ctx.images[idx], ctx.device), ctx.labels[idx].to(ctx.device)
+        x, y, targets = ctx.batch(idx)
         with torch.no_grad():
-            xp = augment(perturbed(x, y, generator), ctx.crop, ctx.gen)
-        trainer.step(xp, y)
+            xp, targets = augment_batch(ctx, perturbed(x, y, generator, ctx.maps(targets)), targets)
+        trainer.step(xp, targets)
 
 
 def _plan_epochs(done: int, cap: int, per_epoch: float, left: float) -> int:
@@ -321,14 +327,14 @@ def _cycle(make: Callable[[], Any]) -> Any:
         yield from make()
 
 
-def _sep_recompute(g_module: nn.Module, generator: PerturbationGenerator, surrogates: list[nn.Module],
-                   x: torch.Tensor, y: torch.Tensor, nc: list[int], regulariser: Regulariser) -> torch.Tensor:
+def _sep_recompute(ctx: FitContext, g_module: nn.Module, generator: PerturbationGenerator, surrogates: list[nn.Module],
+                   x: torch.Tensor, y: torch.Tensor, targets: Targets, regulariser: Regulariser) -> torch.Tensor:
     """The official SEP step (§4.4, §11): regenerate δ and add the regularisers for every checkpoint,
     summing gradients before one optimiser step. Kept for cost comparisons; ~n_ckpt x slower."""
     total = torch.zeros((), device=x.device)
     for model in surrogates:
-        xp = perturbed(x, y, g_module)
-        loss = sep_loss([[t.float() for t in model(xp)]], y, nc) + regulariser(generator.embedding_weights())
+        xp = perturbed(x, y, g_module, ctx.maps(targets))
+        loss = sep_loss([[t.float() for t in model(xp)]], targets, ctx.kinds) + regulariser(generator.embedding_weights())
         loss.backward()
         total = total + loss.detach()
     return total

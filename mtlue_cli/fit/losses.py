@@ -1,8 +1,12 @@
 """MTL-UE objectives as pure tensor functions (method-spec §3).
 
-Base losses L_b take the surrogate's per-task logits (one (B, 1) or (B, C_k) tensor per task, as
-`MTLClassifier` returns them) and (B, K) class indices; every one is minimised by the generator.
+Base losses L_b take the surrogate's per-task outputs (one (B, 1) or (B, C_k) tensor per task, as
+`MTLClassifier` returns them; a map per label-map task from `DenseMTLNet`) and the targets ((B, K) class indices,
+or one target per task with label maps); `num_classes` is the class counts or the kinds. Every one is minimised
+by the generator.
 """
+
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -10,23 +14,30 @@ from torch import Tensor
 
 from mtlue_cli.config import BINARY_MODES, ER_FORMS
 from mtlue_cli.data.kinds import kinds_of
-from mtlue_cli.models.classifiers import task_losses
+from mtlue_cli.models.classifiers import Targets, column, task_losses
 
 
-def shifted_targets(labels: Tensor, num_classes: list[int]) -> Tensor:
-    """TAP/SEP targets t^k = (y^k + floor(C_k / 2)) mod C_k (§3.2); a flip 1 - y for binary tasks."""
-    if labels.dim() != 2 or labels.shape[1] != len(num_classes):
-        raise ValueError(f"labels must have shape (B, {len(num_classes)}), got {tuple(labels.shape)}")
-    return torch.stack([kind.shifted(labels[:, k]) for k, kind in enumerate(kinds_of(num_classes))], dim=1)  # (B, K)
+def shifted_targets(labels: Targets, num_classes: Sequence[Any]) -> Targets:
+    """TAP/SEP targets t^k = (y^k + floor(C_k / 2)) mod C_k (§3.2); a flip 1 - y for binary tasks; each label-map
+    kind's own target (data.dense_kinds, method-spec §8). (B, K) class indices in, (B, K) out; a per-task list in
+    (label maps), a list out."""
+    kinds = kinds_of(num_classes)
+    if not isinstance(labels, Tensor):
+        if len(labels) != len(kinds):
+            raise ValueError(f"got targets for {len(labels)} tasks but {len(kinds)} tasks")
+        return [kind.shifted(t) for t, kind in zip(labels, kinds)]
+    if labels.dim() != 2 or labels.shape[1] != len(kinds):
+        raise ValueError(f"labels must have shape (B, {len(kinds)}), got {tuple(labels.shape)}")
+    return torch.stack([kind.shifted(labels[:, k]) for k, kind in enumerate(kinds)], dim=1)  # (B, K)
 
 
-def em_loss(logits: list[Tensor], labels: Tensor, num_classes: list[int]) -> Tensor:
+def em_loss(logits: list[Tensor], labels: Targets, num_classes: Sequence[Any]) -> Tensor:
     """Error-minimising objective: mean over tasks of the loss on the true labels (§3.2 EM)."""
     return task_losses(logits, labels, num_classes).mean()
 
 
 def tap_loss(
-    logits: list[Tensor], labels: Tensor, num_classes: list[int], binary_mode: str = "untargeted"
+    logits: list[Tensor], labels: Targets, num_classes: Sequence[Any], binary_mode: str = "untargeted"
 ) -> Tensor:
     """Targeted-adversarial-poisoning objective, mean over tasks (§3.2 TAP).
 
@@ -38,13 +49,13 @@ def tap_loss(
     losses = []
     for k, (z, kind) in enumerate(zip(logits, kinds_of(num_classes))):
         if kind.tap_untargeted(binary_mode):
-            losses.append(-kind.loss(z, labels[:, k]))
+            losses.append(-kind.loss(z, column(labels, k)))
         else:
-            losses.append(kind.loss(z, kind.shifted(labels[:, k])))
+            losses.append(kind.loss(z, kind.shifted(column(labels, k))))
     return torch.stack(losses).mean()
 
 
-def sep_loss(logits_per_checkpoint: list[list[Tensor]], labels: Tensor, num_classes: list[int]) -> Tensor:
+def sep_loss(logits_per_checkpoint: list[list[Tensor]], labels: Targets, num_classes: Sequence[Any]) -> Tensor:
     """Self-ensemble-protection objective: sum over checkpoints of the targeted loss (§3.2 SEP).
 
     The targeted loss is the mean over tasks of BCE to the flipped label (binary) or CE to the

@@ -6,31 +6,32 @@ stop error and how the LR schedule and the regularisers are scaled. `fit.loop` r
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
 from mtlue_cli.fit import surrogate
 from mtlue_cli.fit.losses import em_loss, sep_loss, shifted_targets, tap_loss
-from mtlue_cli.fit.surrogate import SurrogateProvider, Targets
+from mtlue_cli.fit.surrogate import SurrogateProvider, TargetRule
+from mtlue_cli.models.classifiers import Targets
 
-Objective = Callable[[list[list[torch.Tensor]], torch.Tensor, list[int], str], torch.Tensor]
+Objective = Callable[[list[list[torch.Tensor]], Targets, list[Any], str], torch.Tensor]  # outputs, targets, kinds, binary mode
 Regulariser = Callable[[list[torch.Tensor]], torch.Tensor]
 
 
-def _em(logits: list[list[torch.Tensor]], y: torch.Tensor, nc: list[int], binary_mode: str) -> torch.Tensor:
+def _em(logits: list[list[torch.Tensor]], y: Targets, nc: list[Any], binary_mode: str) -> torch.Tensor:
     return em_loss(logits[0], y, nc)
 
 
-def _tap(logits: list[list[torch.Tensor]], y: torch.Tensor, nc: list[int], binary_mode: str) -> torch.Tensor:
+def _tap(logits: list[list[torch.Tensor]], y: Targets, nc: list[Any], binary_mode: str) -> torch.Tensor:
     return tap_loss(logits[0], y, nc, binary_mode=binary_mode)
 
 
-def _sep(logits: list[list[torch.Tensor]], y: torch.Tensor, nc: list[int], binary_mode: str) -> torch.Tensor:
+def _sep(logits: list[list[torch.Tensor]], y: Targets, nc: list[Any], binary_mode: str) -> torch.Tensor:
     return sep_loss(logits, y, nc)
 
 
-def true_labels(labels: torch.Tensor, num_classes: list[int]) -> torch.Tensor:
+def true_labels(labels: Targets, num_classes: list[Any]) -> Targets:
     return labels
 
 
@@ -38,7 +39,7 @@ def true_labels(labels: torch.Tensor, num_classes: list[int]) -> torch.Tensor:
 class Method:
     objective: Objective
     surrogates: SurrogateProvider  # what the generator attacks: fresh (EM), final (TAP), checkpoints (SEP)
-    stop_target: Targets  # what the stop check compares predictions with
+    stop_target: TargetRule  # what the stop check compares predictions with
     augment: bool  # SEP attacks un-augmented x+δ (§3.2)
     stop_multiclass: float  # default stop error with any multi-class task (§4.6, UTKFace script)
     stop_binary: float  # with binary tasks only (CelebA script; error against the flipped labels)

@@ -220,13 +220,15 @@ def train_classifier(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, images: torch.Tensor, labels: Any, num_classes: list[Any], crop: int,
-             device: torch.device, batch_size: int = 256, amp: str = "auto", metric: str = "acc") -> list[float]:
+             device: torch.device, batch_size: int = 256, amp: str = "auto", metric: str = "acc",
+             score: str = "primary") -> list[float]:
     """Per-task top-1 accuracy (`metric` "acc") or ROC-AUC ("auc": macro one-vs-rest for multi-class) on centre
-    crops (§6.3, §6.4). With label-map tasks (`labels` is then the dataset), each task's primary score."""
+    crops (§6.3, §6.4). With label-map tasks (`labels` is then the dataset), each task's `score`: its kind's
+    "primary" score (mIoU, depth error, angle) or its "agreement" (pixel accuracy, delta1, within 11.25°)."""
     kinds = kinds_of(num_classes)
     if any(kind.dense for kind in kinds):
-        return [scores[kind.primary] for scores, kind in zip(score_tasks(model, images, labels, kinds, crop, device,
-                                                                          batch_size, amp), kinds)]
+        return [scores[getattr(kind, score)] for scores, kind in zip(score_tasks(model, images, labels, kinds, crop,
+                                                                                 device, batch_size, amp), kinds)]
     model.eval()
     correct = torch.zeros(len(num_classes))
     scores: list[list[torch.Tensor]] = [[] for _ in num_classes]
