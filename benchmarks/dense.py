@@ -1,42 +1,54 @@
-"""Is the synthetic dense scene set (issue 28) a fair test? A dense victim trained on clean scenes must clearly beat
-the trivial per-pixel predictor on held-out clean scenes: mIoU at least 2x, depth error at most 0.5x.
+"""Dense tasks (issue 28) on the synthetic scene set: is the set a fair test, and does a generator protect it?
 
-    OMP_NUM_THREADS=1 python benchmarks/dense.py     # 1,000 + 100 scenes at 32 px, ~7 min on ONE thread
-    OMP_NUM_THREADS=1 python benchmarks/dense.py --size 64 --design "noise=6" --no-write   # a variant, printed only
+    python benchmarks/dense.py --fair                  # clean victim vs trivial only (1,000 + 100 scenes at 32 px)
+    python benchmarks/dense.py --methods tap,em        # fit each, protect, victims: none and each squeeze
+    python benchmarks/dense.py --fair --design "noise=6" --no-write   # a variant, printed only
+
+Fair test: a dense victim trained on clean scenes must clearly beat the trivial per-pixel predictor on held-out
+clean scenes: mIoU at least 2x, depth error at most 0.5x. Protection: `fit_generator` (the library's one loop)
+fits each method on the training scenes, their x+δ is rounded to uint8 as the written PNGs are (the scenes are at
+the working size, so protect's upsampling is the identity), and victims train on them, on the originals and on
+each squeeze of them (grayscale, JPEG-10, 2-bit), all tested on the clean held-out scenes; the protection ratio
+(protected - trivial) / (clean - trivial) is the issue's measure (target <= 0.2 with no defence, <= 0.4 squeezed).
 
 The victim is `models.dense.DenseMTLNet` (ResNet-18, ImageNet stem, an FPN-lite decoder per dense task and the
-§6.1 head for the classification column), trained with Adam 1e-3, wd 1e-4, grad-norm clip 5 (method-spec §6.2),
-equal task weights, joint horizontal flips (image and maps together, the normals' x negated). The trivial
-predictors come from the training maps: the most frequent class / the median depth / the mean normal per pixel,
-and the same over all pixels; the better of each pair is the one to beat.
+§6.1 head for the classification column), trained by the engine verify uses: Adam 1e-3, wd 1e-4, grad-norm clip 5
+(method-spec §6.2), equal task weights, joint crop and flip (image and maps together, the normals' x negated). The
+trivial predictors are the kinds' (`data.dense_kinds`): the most frequent class / the median depth / the mean
+normal per pixel, and the same over all pixels; the better of each pair is the one to beat.
 
-The set is read back from its VOC-style files (images/, segmentation/, depth/, normals/, labels.csv), so the
-layout's conventions (palette PNG with 255 = void, 16-bit millimetres with 0 = invalid, RGB normals) are
-exercised too. Writes its section of benchmarks/RESULTS.md unless --no-write.
+The set is read back from its VOC-style files by `load_dataset` (images/, segmentation/, depth/, normals/,
+labels.csv), so the layout's conventions (palette PNG with 255 = void, 16-bit millimetres with 0 = invalid, RGB
+normals) are exercised too. Writes its section of benchmarks/RESULTS.md unless --no-write.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from mtlue_cli.demo.scenes import CLASSES, COUNTS, SceneDesign, make_scenes
-from mtlue_cli.models.dense import DenseMTLNet
-
-C = len(CLASSES)
+from mtlue_cli.config import SQUEEZES, DataConfig, FitConfig
+from mtlue_cli.data.dataset import MultiTaskImageDataset, load_dataset
+from mtlue_cli.demo.scenes import SceneDesign, make_scenes
+from mtlue_cli.metrics import protection_ratio
+from mtlue_cli.models.dense import build_model
+from mtlue_cli.models.engine import (
+    ClassifierTrainer,
+    score_tasks,
+    seed_everything,
+    train_classifier,
+)
 
 # Each scene design tried while choosing the defaults of `SceneDesign` (issue 28). Kept here so that the section this
 # script writes keeps the reasons for the set beside its result.
@@ -65,191 +77,89 @@ thread; the classification column (`count`, 3 classes) reaches 50% against the m
 """
 
 
-# ----------------------------------------------------------------------------- data (the VOC-style files)
+# ----------------------------------------------------------------------------- data, victims, protection
 
 
-def read_scenes(root: Path, size: int) -> dict[str, torch.Tensor]:
-    """images uint8 (N,3,S,S); seg int64 (N,S,S), -1 ignored; depth float (N,1,S,S) metres, 0 invalid;
-    normals float (N,3,S,S), the zero vector invalid; count int64 (N,)."""
-    rows = list(csv.DictReader((root / "labels.csv").open()))
-    images, seg, depth, normals = [], [], [], []
-    for r in rows:
-        images.append(np.array(Image.open(root / "images" / r["path"]).convert("RGB")))
-        s = np.array(Image.open(root / "segmentation" / r["path"])).astype(np.int64)  # never .convert(): indices
-        seg.append(np.where(s == 255, -1, s))
-        depth.append(np.array(Image.open(root / "depth" / r["path"])).astype(np.float32) / 1000)
-        n = np.array(Image.open(root / "normals" / r["path"])).astype(np.float32) / 127.5 - 1
-        norm = np.linalg.norm(n, axis=-1, keepdims=True)
-        normals.append(np.where(norm > 0.5, n / np.maximum(norm, 1e-6), 0))
-    return {
-        "images": torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
-        "seg": torch.from_numpy(np.stack(seg)),
-        "depth": torch.from_numpy(np.stack(depth))[:, None],
-        "normals": torch.from_numpy(np.stack(normals)).permute(0, 3, 1, 2).contiguous(),
-        "count": torch.tensor([COUNTS.index(r["count"]) for r in rows]),
-    }
+def read_scenes(root: Path, size: int) -> MultiTaskImageDataset:
+    """The VOC-style scene files through the library's reader: count (class), seg, depth (metres), normals."""
+    return load_dataset(DataConfig(root=root / "images", labels=root / "labels.csv", size=size, depth_scale=1000,
+                                   maps=(f"seg=segmentation:{root / 'segmentation'}", f"depth=depth:{root / 'depth'}",
+                                         f"normals=normals:{root / 'normals'}")))
 
 
-def subset(data: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {k: v[idx] for k, v in data.items()}
+def train_victim(train: MultiTaskImageDataset, images: torch.Tensor, test: MultiTaskImageDataset, epochs: int,
+                 batch: int, seed: int) -> dict[str, dict[str, float]]:
+    """A DenseMTLNet trained on `images` with `train`'s labels and maps; every score on the clean `test` scenes."""
+    kinds = train.spec.kinds
+    gen = seed_everything(seed)
+    trainer = ClassifierTrainer(build_model(kinds), kinds, milestones=(int(epochs * 0.6), int(epochs * 0.8)))
+    size = train.size
+    train_classifier(trainer, images, train, epochs=epochs, batch_size=batch, crop=size, gen=gen)
+    scores = score_tasks(trainer.model, test.images, test, kinds, size, torch.device("cpu"))
+    return dict(zip(train.spec.names, scores))
 
 
-def hflip(batch: dict[str, torch.Tensor], flip: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Joint horizontal flip of the samples where `flip` (B,) is set: image and maps, the normals' x negated."""
+def trivial(train: MultiTaskImageDataset, test: MultiTaskImageDataset) -> dict[str, dict[str, float]]:
+    idx = range(len(train))
     out = {}
-    for k, v in batch.items():
-        if v.dim() < 3:
-            out[k] = v
-            continue
-        flipped = v.flip(-1)
-        if k == "normals":
-            flipped = flipped * torch.tensor([-1.0, 1.0, 1.0]).view(1, 3, 1, 1)
-        mask = flip.view(-1, *([1] * (v.dim() - 1)))
-        out[k] = torch.where(mask, flipped, v)
+    for k, (name, kind) in enumerate(zip(train.spec.names, train.spec.kinds)):
+        out[name] = kind.trivial(train.targets(idx)[k], test.targets(range(len(test)))[k])
     return out
-
-
-# ----------------------------------------------------------------------------- losses and metrics
-# Small self-contained stand-ins: TODO replace by the dense kinds' loss / meters of data/kinds.py once merged.
-
-
-def losses(out: list[torch.Tensor], b: dict[str, torch.Tensor], depth_scale: float) -> torch.Tensor:
-    """Per-task losses (4,). The depth head predicts depth / depth_scale (the training median): from a zero
-    output, Adam's ~lr-sized steps would take thousands of steps to reach metres."""
-    seg, depth, normals, count = out
-    l_seg = F.cross_entropy(seg, b["seg"], ignore_index=-1)
-    valid = (b["depth"] > 0).float()
-    l_depth = ((depth - b["depth"] / depth_scale).abs() * valid).sum() / valid.sum().clamp(min=1)
-    nvalid = (b["normals"].abs().sum(1) > 0).float()
-    cos = F.cosine_similarity(normals, b["normals"], dim=1, eps=1e-6)
-    l_normals = ((1 - cos) * nvalid).sum() / nvalid.sum().clamp(min=1)
-    l_count = F.cross_entropy(count, b["count"])
-    return torch.stack([l_seg, l_depth, l_normals, l_count])
-
-
-class Meter:
-    """mIoU from a global confusion matrix (LibMTL's definition), depth abs/rel error over valid pixels, mean
-    angular error of the normals, accuracy of the classification column."""
-
-    def __init__(self) -> None:
-        self.confusion = torch.zeros(C, C, dtype=torch.long)
-        self.abs = self.rel = self.angle = 0.0
-        self.pixels = self.npixels = 0
-        self.correct = self.seen = 0
-
-    def add(self, seg: torch.Tensor, depth: torch.Tensor, normals: torch.Tensor, count: torch.Tensor,
-            b: dict[str, torch.Tensor]) -> None:
-        """seg (B,S,S) predicted classes, depth (B,1,S,S), normals (B,3,S,S), count (B,) predicted classes."""
-        keep = b["seg"] >= 0
-        self.confusion += torch.bincount(b["seg"][keep] * C + seg[keep], minlength=C * C).view(C, C)
-        valid = b["depth"] > 0
-        self.abs += float((depth - b["depth"]).abs()[valid].sum())
-        self.rel += float(((depth - b["depth"]).abs() / b["depth"].clamp(min=1e-6))[valid].sum())
-        self.pixels += int(valid.sum())
-        nvalid = b["normals"].abs().sum(1) > 0
-        cos = F.cosine_similarity(normals, b["normals"], dim=1, eps=1e-6).clamp(-1, 1)
-        self.angle += float(torch.rad2deg(torch.acos(cos))[nvalid].sum())
-        self.npixels += int(nvalid.sum())
-        self.correct += int((count == b["count"]).sum())
-        self.seen += len(count)
-
-    def result(self) -> dict[str, float]:
-        cm = self.confusion.double()
-        union = cm.sum(0) + cm.sum(1) - cm.diag()
-        iou = cm.diag()[union > 0] / union[union > 0]
-        return {"miou": float(iou.mean()), "pixel_acc": float(cm.diag().sum() / cm.sum()),
-                "depth_abs": self.abs / max(self.pixels, 1), "depth_rel": self.rel / max(self.pixels, 1),
-                "normal_angle": self.angle / max(self.npixels, 1), "count_acc": self.correct / max(self.seen, 1)}
-
-
-def trivial(train: dict[str, torch.Tensor], test: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
-    """The per-pixel and the global trivial predictors, fitted on the training maps, scored on the test maps."""
-    seg, depth, normals = train["seg"], train["depth"][:, 0], train["normals"]
-    votes = torch.stack([(seg == c).sum(0) for c in range(C)])  # (C,S,S)
-    per_pixel_seg = votes.argmax(0)
-    global_seg = torch.full_like(per_pixel_seg, int(torch.bincount(seg[seg >= 0], minlength=C).argmax()))
-    masked = torch.where(depth > 0, depth, torch.tensor(float("nan")))
-    per_pixel_depth = torch.nanmedian(masked, dim=0).values.nan_to_num(float(depth[depth > 0].median()))
-    global_depth = torch.full_like(per_pixel_depth, float(depth[depth > 0].median()))
-    per_pixel_normal = F.normalize(normals.mean(0), dim=0)
-    global_normal = F.normalize(normals.mean((0, 2, 3)), dim=0).view(3, 1, 1).expand_as(per_pixel_normal)
-    majority = int(torch.bincount(train["count"], minlength=len(COUNTS)).argmax())
-    n = len(test["images"])
-    out = {}
-    for name, (s, d, nm) in {"per-pixel": (per_pixel_seg, per_pixel_depth, per_pixel_normal),
-                             "global": (global_seg, global_depth, global_normal)}.items():
-        meter = Meter()
-        meter.add(s.expand(n, -1, -1), d.expand(n, 1, -1, -1), nm.expand(n, -1, -1, -1),
-                  torch.full((n,), majority), test)
-        out[name] = meter.result()
-    return out
-
-
-# ----------------------------------------------------------------------------- the victim
-
-
-def train_victim(train: dict[str, torch.Tensor], test: dict[str, torch.Tensor], epochs: int, batch: int,
-                 seed: int) -> tuple[dict[str, float], list[dict[str, float]]]:
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    tasks = [{"kind": "segmentation", "outputs": C}, {"kind": "depth", "outputs": 1},
-             {"kind": "normals", "outputs": 3}, {"kind": "multiclass", "outputs": len(COUNTS)}]
-    model = DenseMTLNet(tasks)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(epochs * 0.6), int(epochs * 0.8)], gamma=0.1)  # §6.2's 36/48 of 60
-    n, history = len(train["images"]), []
-    depth_scale = float(train["depth"][train["depth"] > 0].median())
-    for epoch in range(epochs):
-        model.train()
-        started, total = time.time(), torch.zeros(4)
-        order = torch.randperm(n, generator=gen)
-        for start in range(0, n - n % batch if n >= batch else n, batch):
-            b = subset(train, order[start : start + batch])
-            b = hflip(b, torch.rand(len(b["images"]), generator=gen) < 0.5)
-            x = b["images"].float() / 255
-            per_task = losses(model(x), b, depth_scale)
-            opt.zero_grad(set_to_none=True)
-            per_task.mean().backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            opt.step()
-            total += per_task.detach() * len(x)
-        sched.step()
-        record = {"epoch": epoch + 1, "seconds": time.time() - started,
-                  **dict(zip(("seg", "depth", "normals", "count"), (total / n).tolist()))}
-        if epoch + 1 == epochs or (epoch + 1) % 5 == 0:
-            record.update(evaluate(model, test, depth_scale))
-        history.append(record)
-        print(" ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()), flush=True)
-    return evaluate(model, test, depth_scale), history
 
 
 @torch.no_grad()
-def evaluate(model: DenseMTLNet, data: dict[str, torch.Tensor], depth_scale: float, batch: int = 64) -> dict[str, float]:
-    model.eval()
-    meter = Meter()
-    for start in range(0, len(data["images"]), batch):
-        b = subset(data, torch.arange(start, min(start + batch, len(data["images"]))))
-        seg, depth, normals, count = model(b["images"].float() / 255)
-        meter.add(seg.argmax(1), depth * depth_scale, F.normalize(normals, dim=1), count.argmax(1), b)
-    return meter.result()
+def protect_images(generator: Any, data: MultiTaskImageDataset, batch: int = 64) -> torch.Tensor:
+    """x + G(x, y, maps) rounded to uint8, as protect writes it at the working size."""
+    generator.eval()
+    out = torch.empty_like(data.images)
+    for start in range(0, len(data), batch):
+        idx = list(range(start, min(start + batch, len(data))))
+        x = data.images[idx].float() / 255
+        targets = data.targets(idx)
+        maps = [t if m is not None else None for t, m in zip(targets, data.maps)]
+        delta = generator(x, data.labels[idx], maps=maps)
+        out[idx] = ((x + delta).clamp(0, 1) * 255).round().to(torch.uint8)
+    return out
+
+
+def ratios(scores: dict[str, dict[str, float]], clean: dict[str, dict[str, float]], base: dict[str, dict[str, float]],
+           kinds: dict[str, Any]) -> dict[str, float | None]:
+    return {t: protection_ratio(scores[t][k.primary], clean[t][k.primary], base[t][k.primary], k.higher_is_better)
+            for t, k in kinds.items()}
 
 
 # ----------------------------------------------------------------------------- report
 
 
-def markdown(victim: dict[str, float], baselines: dict[str, dict[str, float]]) -> str:
-    best_miou = max(b["miou"] for b in baselines.values())
-    best_depth = min(b["depth_abs"] for b in baselines.values())
-    best_angle = min(b["normal_angle"] for b in baselines.values())
+def fair_markdown(victim: dict[str, dict[str, float]], baseline: dict[str, dict[str, float]]) -> str:
     rows = ["| predictor | mIoU | pixel acc | depth abs (m) | depth rel | normal angle (°) | count acc |",
             "|---|---|---|---|---|---|---|"]
-    for name, r in [*(("trivial, " + k, v) for k, v in baselines.items()), ("clean-trained victim", victim)]:
-        rows.append(f"| {name} | {r['miou']:.3f} | {r['pixel_acc']:.1%} | {r['depth_abs']:.3f} | {r['depth_rel']:.3f} "
-                    f"| {r['normal_angle']:.1f} | {r['count_acc']:.1%} |")
-    ratio = (f"Victim against the better trivial predictor: mIoU **{victim['miou'] / best_miou:.2f}x** (needs >= 2), "
-             f"depth error **{victim['depth_abs'] / best_depth:.2f}x** (needs <= 0.5), normal angle "
-             f"{victim['normal_angle'] / best_angle:.2f}x.")
-    return "\n".join(rows) + "\n\n" + ratio
+    for name, r in (("trivial (the better of per-pixel and global)", baseline), ("clean-trained victim", victim)):
+        rows.append(f"| {name} | {r['seg']['miou']:.3f} | {r['seg']['pixel_accuracy']:.1%} | {r['depth']['abs_error']:.3f} "
+                    f"| {r['depth']['rel_error']:.3f} | {r['normals']['mean_angle']:.1f} | {r['count']['accuracy']:.1%} |")
+    return "\n".join(rows) + (
+        f"\n\nVictim against the better trivial predictor: mIoU **{victim['seg']['miou'] / baseline['seg']['miou']:.2f}x** "
+        f"(needs >= 2), depth error **{victim['depth']['abs_error'] / baseline['depth']['abs_error']:.2f}x** (needs <= 0.5), "
+        f"normal angle {victim['normals']['mean_angle'] / baseline['normals']['mean_angle']:.2f}x.")
+
+
+def protection_markdown(runs: list[dict[str, Any]], kinds: dict[str, Any]) -> str:
+    """One table per method: each task's primary score and ratio under no defence and each squeeze."""
+    out = []
+    for run in runs:
+        rows = [(f"### {run['method'].upper()}: fit {run['fit_seconds'] / 60:.1f} min ({run['epochs']} generator epochs, "
+                f"{run['stop_reason']})"), "",
+                "| victim trained on | " + " | ".join(f"{t} {k.primary}" for t, k in kinds.items()) + " |",
+                "|---|" + "---|" * len(kinds)]
+        rows.append("| trivial | " + " | ".join(f"{run['trivial'][t][k.primary]:.3f}" for t, k in kinds.items()) + " |")
+        rows.append("| originals | " + " | ".join(f"{run['clean'][t][k.primary]:.3f}" for t, k in kinds.items()) + " |")
+        for defense, scores in run["protected"].items():
+            r = run["ratios"][defense]
+            rows.append(f"| protected, {defense} | " + " | ".join(
+                f"{scores[t][k.primary]:.3f} (ratio {'n/a' if r[t] is None else f'{r[t]:.2f}'})"
+                for t, k in kinds.items()) + " |")
+        out.append("\n".join(rows))
+    return "\n\n".join(out)
 
 
 def main() -> None:
@@ -258,10 +168,15 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--train", type=int, default=1000)
     parser.add_argument("--test", type=int, default=100)
-    parser.add_argument("--epochs", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=16, help="victim epochs")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--fair", action="store_true", help="only the clean victim against the trivial predictors")
+    parser.add_argument("--methods", default="tap,em")
+    parser.add_argument("--fit", action="append", default=[], metavar="FIELD=VALUE", help="override a FitConfig field")
+    parser.add_argument("--defenses", default="none,grayscale,jpeg10,bdr2")
+    parser.add_argument("--keep", default=None, help="save the first method's generator to this folder")
     parser.add_argument("--design", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a SceneDesign field (a Python literal), e.g. noise=6 or 'radius=(0.2, 0.3)'")
     parser.add_argument("--no-write", action="store_true", help="print the result; leave RESULTS.md alone")
@@ -271,30 +186,74 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     design = dataclasses.replace(SceneDesign(), **{k: ast.literal_eval(v) for k, v in
                                                    (item.split("=", 1) for item in args.design)})
-    root = Path(args.work) / f"scenes-{args.size}"
+    root = Path(args.work) / f"scenes-{args.size}-{args.seed}"
     started = time.time()
     make_scenes(root, n=args.train + args.test, size=args.size, seed=args.seed, design=design)
     made = time.time() - started
     data = read_scenes(root, args.size)
-    train = subset(data, torch.arange(args.train))
-    test = subset(data, torch.arange(args.train, args.train + args.test))
-    baselines = trivial(train, test)
+    train, test = data.subset(list(range(args.train))), data.subset(list(range(args.train, args.train + args.test)))
+    baseline = trivial(train, test)
+    kinds = dict(zip(train.spec.names, train.spec.kinds))
     started = time.time()
-    victim, _ = train_victim(train, test, args.epochs, args.batch, args.seed)
-    seconds = time.time() - started
-    body = (f"{args.train} training and {args.test} held-out scenes at {args.size} px (made in {made:.1f} s), "
-            f"victim trained {args.epochs} epochs, batch {args.batch}, {seconds:.0f} s on {args.threads} thread(s)"
-            + (f"; design overrides {args.design}" if args.design else "") + ".\n\n" + markdown(victim, baselines))
+    clean = train_victim(train, train.images, test, args.epochs, args.batch, args.seed)
+    victim_seconds = time.time() - started
+    print("clean", json.dumps(clean), "trivial", json.dumps(baseline), flush=True)
+    setup = (f"{args.train} training and {args.test} held-out scenes at {args.size} px (made in {made:.1f} s), "
+             f"victims trained {args.epochs} epochs, batch {args.batch}, {victim_seconds:.0f} s each on {args.threads} "
+             f"thread(s)" + (f"; design overrides {args.design}" if args.design else ""))
+    if args.fair:
+        body = setup + ".\n\n" + fair_markdown(clean, baseline)
+        section, title = "dense", "Dense tasks (issue 28): the synthetic scene set"
+    else:
+        runs = [protection_run(method, args, train, test, clean, baseline, kinds) for method in args.methods.split(",")]
+        (Path(args.work) / "protection.json").write_text(json.dumps(runs, indent=1, default=str))
+        body = setup + ".\n\n" + protection_markdown(runs, kinds)
+        section, title = "dense-protection", "Dense tasks (issue 28): protection of the scene set"
     print(body)
     if args.no_write:
         return
     from run import machine
     from strength import write_section
 
-    command = "OMP_NUM_THREADS=1 python benchmarks/" + Path(sys.argv[0]).name + " " + " ".join(sys.argv[1:])
-    write_section("dense", f"## Dense tasks (issue 28): the synthetic scene set\n\n`{command.strip()}` "
-                  f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n\nMachine: {machine()}\n\n{body}\n\n"
-                  f"{DESIGN.strip()}")
+    command = "python benchmarks/" + Path(sys.argv[0]).name + " " + " ".join(sys.argv[1:])
+    write_section(section, f"## {title}\n\n`{command.strip()}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})"
+                  f"\n\nMachine: {machine()}\n\n{body}" + (f"\n\n{DESIGN.strip()}" if args.fair else ""))
+
+
+def protection_run(method: str, args: argparse.Namespace, train: MultiTaskImageDataset, test: MultiTaskImageDataset,
+                   clean: dict[str, dict[str, float]], baseline: dict[str, dict[str, float]],
+                   kinds: dict[str, Any]) -> dict[str, Any]:
+    """Fit `method` on the training scenes, protect them, train a victim per defence."""
+    import ast
+
+    from mtlue_cli.fit.loop import fit_generator
+    from mtlue_cli.models.persistence import load_generator
+    from mtlue_cli.verify.defenses import parse_defense
+
+    fields = {"method": method, "image_size": args.size, "stem": "cifar", "width": 32, "batch_size": 32, "epochs": 30,
+                  "surrogate_epochs": args.epochs, "bound": "tanh", "robust": SQUEEZES, "device": "cpu", "seed": args.seed}
+    fields.update({k: ast.literal_eval(v) for k, v in (item.split("=", 1) for item in args.fit)})
+    out = Path(args.keep) if args.keep and method == args.methods.split(",")[0] else Path(args.work) / f"gen-{method}"
+    started = time.time()
+    result = fit_generator(train, FitConfig(**fields), out, on_event=_log)
+    fit_seconds = time.time() - started
+    generator = load_generator(str(out)).model
+    protected = protect_images(generator, train)
+    delta = (protected.float() - train.images.float()).abs().max() / 255
+    runs: dict[str, Any] = {}
+    for name in args.defenses.split(","):
+        squeeze = parse_defense(name)
+        images = protected if squeeze is None else squeeze(protected)
+        runs[name] = train_victim(train, images, test, args.epochs, args.batch, args.seed)
+        print(method, name, json.dumps(runs[name]), flush=True)
+    return {"method": method, "fit": fields, "fit_seconds": fit_seconds, "epochs": result.epochs_run,
+            "stop_reason": result.stop_reason, "max_delta_255": float(delta * 255), "clean": clean,
+            "trivial": baseline, "protected": runs, "ratios": {d: ratios(s, clean, baseline, kinds) for d, s in runs.items()}}
+
+
+def _log(kind: str, data: dict[str, Any]) -> None:
+    if kind in ("log", "epoch"):
+        print(kind, json.dumps(data, default=str), flush=True)
 
 
 if __name__ == "__main__":

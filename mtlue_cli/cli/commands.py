@@ -307,9 +307,10 @@ def verify(
 @app.command(epilog="Example:\n\n  mtlue demo --out mtlue-demo")
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the demo's data, protected copies and preview.")] = Path("mtlue-demo"),
-    generator: Annotated[str, typer.Option("--generator", "-g", help="Generator to use.")] = "demo-shapes",
-    images: Annotated[int, typer.Option(help="Synthetic images to make.")] = 800,
-    epochs: Annotated[int, typer.Option(help="Victim epochs.")] = 12,
+    dense: Annotated[bool, typer.Option("--dense", help="The label-map demo: synthetic scenes with segmentation, depth and normal maps and an object count, protected with the bundled demo-scenes generator (about 4 minutes on a CPU).")] = False,
+    generator: Annotated[Optional[str], typer.Option("--generator", "-g", help="Generator to use (default: demo-shapes; demo-scenes with --dense).", show_default=False)] = None,
+    images: Annotated[Optional[int], typer.Option(help="Synthetic images to make (default: 800; 750 scenes with --dense).", show_default=False)] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Victim epochs (default: 12; 14 with --dense).", show_default=False)] = None,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write OUT/curves.png: the victims' test accuracy per epoch, majority line drawn (needs matplotlib).")] = True,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
@@ -327,7 +328,7 @@ def demo(
 
         with Renderer(quiet) as render:
             report = run_demo(out, generator=generator, images=images, epochs=epochs, device=device, seed=seed,
-                              plot=plot, on_event=render)
+                              plot=plot, on_event=render, kind="scenes" if dense else "shapes")
     render_protect(report.protect)
     render_verify(report.verify)
     console.print(f"originals: {report.data}   protected: {report.protected}")

@@ -196,7 +196,9 @@ def render_fit(report: Any) -> None:
     table.add_column("clean images", justify="right")
     table.add_column("protected (x+δ)", justify="right")
     for k, task in enumerate(report.tasks):
-        table.add_row(task, f"{result.surrogate_clean_acc[k]:.1%}" if result.surrogate_clean_acc else "-",
+        measure = report.measures[k] if k < len(report.measures) else "accuracy"
+        name = task if measure == "accuracy" else f"{task} ({measure.replace('_', ' ')})"  # a label map's agreement
+        table.add_row(name, f"{result.surrogate_clean_acc[k]:.1%}" if result.surrogate_clean_acc else "-",
                       f"{result.attacked_train_acc[k]:.1%}")
     console.print(table)
     render_fit_summary(result)

@@ -41,6 +41,8 @@ class FitReport:
     tasks: list[str]
     images: int  # the images the generator was fitted on
     skipped: list[FileProblem] = field(default_factory=list)  # --skip-bad: the files left out
+    measures: list[str] = field(default_factory=list)  # per task, what its "accuracy" is: accuracy, or a label map's
+    # agreement (pixel_accuracy, delta1, within_11.25)
 
 
 def fit_folder(data: DataConfig, cfg: FitConfig, out: Path, on_event: OnEvent | None = None,
@@ -56,4 +58,5 @@ def fit_folder(data: DataConfig, cfg: FitConfig, out: Path, on_event: OnEvent | 
     dataset = load_dataset(dataclasses.replace(data, size=cfg.image_size), on_event, table=table)
     dataset = dataset.without(exclude or set())
     result = fit_generator(dataset, cfg, out, on_event)
-    return FitReport(result, out, list(dataset.spec.names), len(dataset), dataset.skipped)
+    return FitReport(result, out, list(dataset.spec.names), len(dataset), dataset.skipped,
+                     [kind.agreement for kind in dataset.spec.kinds])
