@@ -26,7 +26,7 @@ from mtlue_cli.protect.outputs import load_manifest, protected_data_config, read
 from mtlue_cli.protect.protect import protect_dataset
 
 EPS = 8 / 255
-CFG = dict(device="cpu", workers=1, batch_size=4)
+CFG = {"device": "cpu", "workers": 1, "batch_size": 4}
 
 
 def _generator(cfg: DataConfig, folder: Path) -> Path:

@@ -17,7 +17,7 @@ from mtlue_cli.models.generator import PerturbationGenerator
 from mtlue_cli.models.persistence import load_generator, save_generator
 from mtlue_cli.protect.protect import protect_dataset
 
-CFG = dict(device="cpu", workers=1, batch_size=4)
+CFG = {"device": "cpu", "workers": 1, "batch_size": 4}
 
 
 def _protect(cfg: DataConfig, base: Path) -> Path:
