@@ -169,13 +169,17 @@ def fit(
 @app.command(epilog=(
     "Output: the input tree mirrored under --out with names kept, lossless PNG by default, labels.csv with "
     "rewritten paths, manifest.jsonl (one line per file: hashes, measured L-inf, PSNR, SSIM) and run.json. "
+    "Label maps (--map, --map-column, layout nyuv2) are copied unchanged to OUT/maps/TASK/ (nyuv2: its own folders, "
+    "its .npy images written back as .npy); labels.csv gives each map's path. "
     "Without --generator, a generator is fitted on DATA first with the default recipe and kept in OUT/generator/. "
     "Exit code 3 when some files failed or, with --skip-bad, had no label row. Under torchrun each process protects every Nth batch and rank 0 "
     "merges the manifest; the files are the same as one process writes.\n\n"
     "Examples:\n\n  mtlue protect ./photos --labels attrs.csv --out ./photos-protected --holdout 0.2\n\n"
     "  mtlue protect ./photos --labels attrs.csv --generator gen/ --out ./photos-protected\n\n"
     "  mtlue protect ./UTKFace --generator org/mtlue-utkface@v1 --out ./utk-protected --holdout 0.2 --preview 8\n\n"
-    "  torchrun --nproc_per_node 4 -m mtlue_cli protect ./photos -l attrs.csv -g gen/ --out ./photos-protected"
+    "  torchrun --nproc_per_node 4 -m mtlue_cli protect ./photos -l attrs.csv -g gen/ --out ./photos-protected\n\n"
+    "  mtlue protect ./scenes/images -l ./scenes/labels.csv -g gen/ --out ./scenes-protected "
+    "--map seg=segmentation:./scenes/segmentation --map depth=depth:./scenes/depth --depth-scale 1000"
 ))
 @option_groups
 def protect(
@@ -197,6 +201,7 @@ def protect(
     preview: Annotated[int, typer.Option(help="Write OUT.preview.png with N rows: original, protected, amplified δ (the centre of each file at its own resolution), columns named, each row captioned with its file and labels.")] = 0,
     amp: AmpOpt = "auto",
     read: ReadOptions = ReadOptions(),
+    label_maps: MapOptions = MapOptions(),
     skip_bad: SkipBadOpt = False,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
@@ -212,7 +217,7 @@ def protect(
         cfg = ProtectConfig(format=format, quality=quality, metadata=metadata, tag_no_ai=tag_no_ai, resume=resume,
                             overwrite=overwrite, strict=strict, batch_size=batch_size, workers=workers, preview=preview,
                             holdout=holdout, seed=seed, device=device, amp=amp)
-        data_cfg = read.data_config(data, labels, skip_bad, workers)
+        data_cfg = dataclasses.replace(read.data_config(data, labels, skip_bad, workers), **label_maps.fields())
         fit_cfg = None
         if generator is None:
             from mtlue_cli.fit.folder import fit_config

@@ -129,7 +129,7 @@ DepthScaleOpt = Annotated[float, typer.Option(help="Stored depth / scale = depth
 @dataclass(frozen=True)
 class MapOptions:
     """How label maps (dense tasks) are found and read: DataConfig's `maps`, `map_columns`, `ignore_index`,
-    `depth_scale`. Read by `inspect`; fit, protect and verify on label maps are not wired yet (issue 28)."""
+    `depth_scale`. Read by `inspect` and `protect` (issue 28)."""
 
     maps: MapsOpt = None
     map_columns: MapColumnsOpt = None

@@ -11,6 +11,7 @@ from mtlue_cli.errors import FileProblem
 from mtlue_cli.verify.verdict import broken_text
 
 MANIFEST_COPY, RUN_COPY, VERIFY_COPY = "mtlue-manifest.jsonl", "mtlue-run.json", "mtlue-verify.json"
+IMAGE_MAPS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")  # label-map files `datasets` decodes as images
 
 
 def _size_category(n: int) -> str:
@@ -18,6 +19,13 @@ def _size_category(n: int) -> str:
         if n < limit:
             return name
     return "1M<n<10M" if n < 10**7 else "10M<n<100M"
+
+
+def _categories(tasks: list[str], dense: dict[str, str]) -> list[str]:
+    """The Hub task categories: classification for class columns, each label-map kind's own."""
+    named = {"segmentation": "image-segmentation", "depth": "depth-estimation", "normals": "image-to-image"}
+    found = (["image-classification"] if any(t not in dense for t in tasks) else []) + [named[k] for k in dense.values()]
+    return list(dict.fromkeys(found))
 
 
 def _generator_line(gen: dict[str, Any]) -> str:
@@ -60,8 +68,10 @@ def _verify_section(verify: dict[str, Any] | None) -> list[str]:
 
 def dataset_card(run: dict[str, Any], tasks: list[str], rows: list[list[str]], entries: dict[str, dict[str, Any]],
                  test_rows: list[list[str]], verify: dict[str, Any] | None, license: str, repo_id: str | None,
-                 failed: list[FileProblem]) -> str:
-    """README.md for the dataset repo: front matter for the Hub, then plain words for downloaders."""
+                 failed: list[FileProblem], dense: dict[str, str] | None = None) -> str:
+    """README.md for the dataset repo: front matter for the Hub, then plain words for downloaders. `dense`: the
+    label-map tasks and their kinds (their maps are published unchanged beside the images)."""
+    dense = dense or {}
     gen = run.get("generator") or {}
     method = str(gen.get("method") or "unknown")
     eps = float(run.get("epsilon") or 0)
@@ -74,7 +84,7 @@ def dataset_card(run: dict[str, Any], tasks: list[str], rows: list[list[str]], e
     splits = [{"split": "train", "path": "train/**"}] + ([{"split": "test", "path": "test/**"}] if test_rows else [])
     name = repo_id.split("/")[-1] if repo_id else "MTL-UE protected image dataset"
     front = {
-        "license": license, "pretty_name": name, "task_categories": ["image-classification"],
+        "license": license, "pretty_name": name, "task_categories": _categories(tasks, dense),
         "tags": ["unlearnable-examples", "mtl-ue", "data-protection", "mtlue", f"mtl-ue-{method}"],
         "size_categories": [_size_category(len(rows) + len(test_rows))],
         "configs": [{"config_name": "default", "data_files": splits}],
@@ -92,6 +102,13 @@ def dataset_card(run: dict[str, Any], tasks: list[str], rows: list[list[str]], e
               f"- `train/`: {len(rows)} protected images ({config.get('format', 'png')}) and `train/metadata.csv` with "
               f"`file_name` and one column per task, classes as the owner wrote them:"]
     for k, task in enumerate(tasks):
+        if task in dense:
+            as_image = all(r[k + 1].lower().endswith(IMAGE_MAPS) for r in rows)
+            lines.append(f"  - `{task}`: a {dense[task]} label map per image, published unchanged (the protection "
+                         "perturbs the images only) under `train/maps/`; "
+                         + ("the column loads as an `Image`." if as_image else "a .npy array with no image form: the "
+                            "column holds its path under `train/`, load it with `numpy.load`."))
+            continue
         counts: dict[str, int] = {}
         for row in rows:
             counts[row[k + 1]] = counts.get(row[k + 1], 0) + 1

@@ -2,6 +2,11 @@
 as it is: train/ (the protected files, tree mirrored) with train/metadata.csv (`file_name` + one column per task,
 classes as the owner wrote them), an optional clean test/ split, and public copies of the run record and the
 manifest with no path of the owner's machine in them.
+
+A label-map task's maps travel as files beside the images (train/maps/<task>/...). A map `datasets` decodes as an
+image (PNG, TIFF, ...) is named by a `<task>_file_name` column, which imagefolder loads as an `Image` column
+`<task>` (datasets' multi-file metadata); a .npy map has no image form, so its column `<task>` holds its path
+under train/ (no lossy conversion: the maps are published exactly as the owner's).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any
 from mtlue_cli.errors import ConfigError, FileProblem, PublishRefused
 from mtlue_cli.events import OnEvent
 from mtlue_cli.files import atomic_write, write_text
-from mtlue_cli.hub.dataset_card import MANIFEST_COPY
+from mtlue_cli.hub.dataset_card import IMAGE_MAPS, MANIFEST_COPY
 from mtlue_cli.hub.publish_checks import refuse
 from mtlue_cli.protect import outputs
 
@@ -66,10 +71,16 @@ def write_file(path: Path, text: str) -> None:
     write_text(path, text)
 
 
-def metadata_csv(rows: list[list[str]], tasks: list[str]) -> str:
+def map_column(task: str, rows: list[list[str]], k: int) -> str:
+    """metadata.csv's column of label-map task `task` (column k + 1 of `rows`): `<task>_file_name` (an Image column
+    once loaded) where every map is an image file, else `task` (the path as a string)."""
+    return f"{task}_file_name" if all(r[k + 1].lower().endswith(IMAGE_MAPS) for r in rows) else task
+
+
+def metadata_csv(rows: list[list[str]], tasks: list[str], dense: dict[str, str] | None = None) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["file_name", *tasks])
+    writer.writerow(["file_name", *(map_column(t, rows, k) if t in (dense or {}) else t for k, t in enumerate(tasks))])
     writer.writerows(rows)
     return buffer.getvalue()
 
@@ -101,6 +112,8 @@ def clean_test(run: outputs.RunRecord, tasks: list[str], folder: Path, on_event:
         raise ConfigError(f"--include-clean-test needs the originals, recorded at {run.raw.get('input_root')!r}, which "
                           "is not a folder here; run publish where the originals are")
     table = read_labels(run.originals())
+    if any(table.spec.dense):
+        raise ConfigError("--include-clean-test does not carry label maps yet: publish without it")
     if list(table.spec.names) != tasks:
         raise ConfigError(f"the original labels now have tasks {list(table.spec.names)}, the protected ones {tasks}; "
                           "the labels changed after protect")

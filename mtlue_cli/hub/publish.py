@@ -90,11 +90,13 @@ def build_folder(out: Path, folder: Path, cfg: PublishConfig, on_event: OnEvent 
     scrub = Scrubber(local_paths(out, folder, run.raw))
 
     on_event("start", {"stage": "copy", "total": len(checked.rows), "description": "Building"})
+    maps = [checked.tasks.index(t) + 1 for t in checked.dense]  # labels.csv columns holding a copied map's path
     for i, row in enumerate(checked.rows, 1):
-        link_or_copy(out / row[0], folder / "train" / row[0])
+        for c in (0, *maps):
+            link_or_copy(out / row[c], folder / "train" / row[c])
         on_event("progress", {"stage": "copy", "done": i})
     on_event("end", {"stage": "copy"})
-    write_file(folder / "train" / METADATA, metadata_csv(checked.rows, checked.tasks))
+    write_file(folder / "train" / METADATA, metadata_csv(checked.rows, checked.tasks, checked.dense))
     test_rows: list[list[str]] = []
     if cfg.include_clean_test:
         test_rows = clean_test(run, checked.tasks, folder, on_event)
@@ -112,7 +114,8 @@ def build_folder(out: Path, folder: Path, cfg: PublishConfig, on_event: OnEvent 
     if verify is not None:
         write_file(folder / VERIFY_COPY, scrub(json.dumps(verify, indent=2)) + "\n")
     card = dataset_card(run.raw, checked.tasks, checked.rows, checked.entries, test_rows, verify,
-                        license=cfg.license or "other", repo_id=cfg.repo_id, failed=checked.failed)
+                        license=cfg.license or "other", repo_id=cfg.repo_id, failed=checked.failed,
+                        dense=checked.dense)
     write_file(folder / CARD, scrub(card))
 
     files = [p for p in folder.rglob("*") if p.is_file() and ".cache" not in p.relative_to(folder).parts]

@@ -4,7 +4,7 @@ protect, a held-out original in the folder), failed files unless allowed, and ru
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ class CheckedFolder:
     rows: list[list[str]]  # labels.csv rows: output path, then one class per task
     entries: dict[str, dict[str, Any]]  # output path -> its manifest entry
     failed: list[FileProblem]
+    dense: dict[str, str] = field(default_factory=dict)  # label-map task -> kind (its column: the copied map's path)
 
 
 def refuse(what: str, problems: list[FileProblem], todo: str) -> PublishRefused:
@@ -54,7 +55,12 @@ def check_folder(out: Path, allow_failed: bool = False, on_event: OnEvent | None
     if clash:
         raise PublishRefused(f"task column(s) {clash} clash with the dataset's own columns {list(RESERVED_COLUMNS)}; "
                              "rename them in your labels and protect again")
-    listed = {r[0] for r in rows}
+    dense = {t: e["kind"] for t, e in run.label_tasks.items() if isinstance(e, dict) and t in tasks}
+    columns = [tasks.index(t) + 1 for t in dense]
+    if any(r[0].lower().endswith(outputs.NPY) for r in rows):
+        raise PublishRefused("the images are .npy arrays (layout nyuv2), which a Hub image dataset cannot hold; upload "
+                             f"{out} as files instead (`hf upload ORG/NAME {out} --repo-type dataset`)")
+    listed = {r[0] for r in rows} | {r[c] for r in rows for c in columns}  # the label maps protect copied
 
     # Every image in the folder must be one protect wrote and listed; nothing else is sent, but an extra
     # image is a sign of a mixed-up folder (or an original copied in).
@@ -90,6 +96,13 @@ def check_folder(out: Path, allow_failed: bool = False, on_event: OnEvent | None
             zero.append(FileProblem(path, f"measured L-inf {entry.get('linf_255')}: not protected"))
         elif entry.get("sha256_out") != file_sha256(full):
             changed.append(FileProblem(path, "changed after protect wrote it (sha256 differs from the manifest)"))
+        else:
+            copied = {m.get("output"): m.get("sha256") for m in entry.get("maps") or []}
+            for c in columns:  # a label map must be the copy protect made of the original's
+                if not (out / row[c]).is_file():
+                    missing.append(FileProblem(row[c], "label map listed in labels.csv but missing"))
+                elif copied.get(row[c]) != file_sha256(out / row[c]):
+                    changed.append(FileProblem(row[c], "label map not the one protect copied (sha256 differs)"))
         on_event("progress", {"stage": "check", "done": i})
     on_event("end", {"stage": "check"})
     if missing:
@@ -112,4 +125,4 @@ def check_folder(out: Path, allow_failed: bool = False, on_event: OnEvent | None
     if failed and not allow_failed:
         raise refuse("failed in `mtlue protect`", failed, "fix them and rerun `mtlue protect ... --resume`, or pass "
                      "--allow-failed to publish the others (the failed ones are then listed in the card)")
-    return CheckedFolder(run, tasks, rows, {r[0]: written[r[0]] for r in rows}, failed)
+    return CheckedFolder(run, tasks, rows, {r[0]: written[r[0]] for r in rows}, failed, dense)

@@ -23,11 +23,12 @@ from mtlue_cli.data.images import (
     protect_image,
     rows_of,
     save_image,
+    upsample,
 )
 from mtlue_cli.data.labels import Record
 from mtlue_cli.errors import FileProblem
 from mtlue_cli.files import atomic_write, file_sha256
-from mtlue_cli.metrics import linf, psnr_of, squared_error, ssim_sum, ssim_window
+from mtlue_cli.metrics import linf, psnr_of, squared_error, ssim, ssim_sum, ssim_window
 from mtlue_cli.protect.outputs import FileResult
 
 PREVIEW_CROP = 256  # px of the native-resolution files shown per tile (the centre of each image)
@@ -86,6 +87,44 @@ def write_protected(record: Record, decoded: Decoded, delta: Any, root: Path, ou
         result.status = "ok"
     except FileProblem as problem:
         result.reason = problem.reason
+    return result
+
+
+def write_array(record: Record, delta: Any, root: Path, out: Path, dst: str, epsilon: float) -> FileResult:
+    """A .npy image (NYUv2 as mtan keeps it) written back as .npy of its own dtype and shape: δ upsampled onto the
+    array as stored (float in [0, 1], or uint8 rounded as an image is), clipped to [0, 1]; measured on the file
+    written (L-inf rounded up to whole 1/255, beyond float32 rounding)."""
+    result = FileResult(record.path, dst, "failed", mode="npy")
+    try:
+        result.sha256_in = file_sha256(root / record.path)
+        raw = np.load(root / record.path, allow_pickle=False)  # (H, W, 3); decode checked its shape and range
+        result.height, result.width = raw.shape[:2]
+        scale = 255.0 if raw.dtype == np.uint8 else 1.0
+        base = raw.astype(np.float64) / scale
+        d = upsample(delta, *raw.shape[:2], epsilon).astype(np.float64) / 255  # (C, H, W)
+        d = (np.repeat(d, 3, axis=0) if d.shape[0] == 1 else d).transpose(1, 2, 0)
+        protected = np.clip(base + d, 0.0, 1.0)
+        arr = np.rint(protected * 255).astype(np.uint8) if scale == 255 else protected.astype(raw.dtype)
+        target = out / dst
+        target.parent.mkdir(parents=True, exist_ok=True)
+
+        def save(tmp: Path) -> None:
+            with tmp.open("wb") as fh:  # a file object: np.save would append .npy to the temporary's name
+                np.save(fh, arr, allow_pickle=False)
+
+        atomic_write(target, save)
+        back = np.load(target, allow_pickle=False).astype(np.float64) / scale * 255  # in 1/255 units
+        ref = base * 255
+        worst = float(np.abs(back - ref).max(initial=0))
+        result.linf_255 = math.ceil(worst - 1e-3)
+        result.psnr = psnr_of(float(np.mean((back - ref) ** 2)))
+        result.ssim = ssim(back, ref)
+        result.sha256_out = file_sha256(target)
+        result.status = "ok"
+    except OSError as exc:
+        result.reason = f"cannot write ({exc.strerror or exc}); check free space and permissions"
+    except ValueError as exc:
+        result.reason = f"cannot read the array again ({exc})"
     return result
 
 

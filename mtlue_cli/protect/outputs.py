@@ -1,6 +1,11 @@
 """The protected folder `protect` writes, as one format: its file names, the manifest (one JSON line per file),
 labels.csv, run.json (what `verify OUT` and `publish` need, the working size included) and verify.json.
 `protect` writes it through here; `verify`, `publish` and the CLI read it through here.
+
+Label maps (dense tasks, issue 28) are copied byte-identical to OUT/maps/<task>/<image's output path without its
+extension><the map's extension>; labels.csv's column of such a task holds that path. Layout nyuv2 keeps its own
+tree instead: image/<stem>.npy written back as float .npy, label/ depth/ normal/ copied as they are.
+`protected_data_config` is how OUT is read back (layout csv, the map columns and reading options of run.json).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ MANIFEST, RUN, LABELS, VERIFY = "manifest.jsonl", "run.json", "labels.csv", "ver
 GENERATOR_DIR = "generator"  # the generator `protect` fitted for this folder when none was given
 PART = re.compile(r"manifest\.rank(\d+)\.jsonl")  # one per torchrun process until rank 0 merges them
 DONE = ("ok", "resumed")
+MAPS_DIR, NPY, NYUV2 = "maps", ".npy", "nyuv2"
 
 
 @dataclass
@@ -44,6 +50,7 @@ class FileResult:
     alpha_kept: bool | None = None
     sha256_in: str = ""
     sha256_out: str = ""
+    maps: list[dict[str, str]] = field(default_factory=list)  # the label maps copied with it: task, source, output, sha256
 
 
 def preview_path(out: Path) -> Path:
@@ -52,13 +59,27 @@ def preview_path(out: Path) -> Path:
 
 
 def output_names(paths: Iterable[str], ext: str) -> dict[str, str]:
-    """Mirror the tree and keep names; change the extension only where the format needs it. Two inputs
-    that would meet (a.jpg and a.png -> a.png) keep their old extension in the name (a.jpg.png)."""
-    names = {p: str(PurePosixPath(p).with_suffix(ext)) for p in paths}
+    """Mirror the tree and keep names; change the extension only where the format needs it (a .npy image is
+    written back as .npy). Two inputs that would meet (a.jpg and a.png -> a.png) keep their old extension in the
+    name (a.jpg.png)."""
+    names = {p: p if p.lower().endswith(NPY) else str(PurePosixPath(p).with_suffix(ext)) for p in paths}
     counts: dict[str, int] = {}
     for name in names.values():
         counts[name.lower()] = counts.get(name.lower(), 0) + 1
     return {src: (dst if counts[dst.lower()] == 1 else src + ext) for src, dst in names.items()}
+
+
+def map_output(task: str, source: str, image_output: str, layout: str) -> str:
+    """Where a label map is copied under OUT: maps/<task>/<the image's output path without its extension><the map's
+    own extension>; for layout nyuv2 its own place (label/<stem>.npy, ...), so OUT is a NYUv2 folder too."""
+    if layout == NYUV2:
+        return source
+    return f"{MAPS_DIR}/{task}/{PurePosixPath(image_output).with_suffix('')}{PurePosixPath(source).suffix}"
+
+
+def id2label_path(task: str, layout: str) -> str:
+    """A segmentation task's class names under OUT, where the CSV reader looks (beside its maps)."""
+    return "label/id2label.json" if layout == NYUV2 else f"{MAPS_DIR}/{task}/id2label.json"
 
 
 def check_out(root: Path, out: Path, cfg: ProtectConfig) -> None:
@@ -202,20 +223,31 @@ def read_json(path: Path) -> dict[str, Any] | None:
 def run_record(*, generator: dict[str, Any], epsilon: float, tasks: dict[str, list[str]], data: DataConfig,
                layout: str, labels_file: Path | None, labels_sha256: str | None, config: dict[str, Any],
                held_out: list[str], holdout: float, seed: int, summary: dict[str, Any], device: str,
-               processes: int, torch_version: str) -> dict[str, Any]:
-    """run.json: the generator (with its working size), ε, the originals and how they were read, the holdout."""
+               processes: int, torch_version: str, label_tasks: dict[str, Any] | None = None) -> dict[str, Any]:
+    """run.json: the generator (with its working size), ε, the originals and how they were read, the holdout.
+    `tasks` is the generator's, `label_tasks` labels.csv's columns (both in `TaskSpec.to_dict` form: a label-map
+    task is {"kind": ..., "classes": [...]})."""
     return {
         "tool": "mtlue", "version": __version__, "torch": torch_version, "python": platform.python_version(),
         "device": device, "processes": processes, "seed": seed,
         "config": {k: str(v) for k, v in config.items()},
         "generator": generator, "epsilon": epsilon, "epsilon_255": epsilon * 255, "tasks": tasks,
         "labels_file": str(labels_file) if labels_file else None, "labels_sha256": labels_sha256,
-        "input_root": str(data.root), "layout": layout,
+        "input_root": str(data.root), "layout": layout, "label_tasks": label_tasks,
         "data": {"path_column": data.path_column, "tasks": list(data.tasks) if data.tasks else None,
-                 "partition": str(data.partition) if data.partition else None, "split": data.split},
+                 "partition": str(data.partition) if data.partition else None, "split": data.split,
+                 "maps": [_absolute_map(m) for m in data.maps], "map_columns": list(data.map_columns),
+                 "ignore_index": data.ignore_index, "depth_scale": data.depth_scale},
         "held_out": held_out, "holdout": holdout, "summary": summary,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def _absolute_map(spec: str) -> str:
+    """A `maps` entry with its folder made absolute: run.json is read from wherever verify runs."""
+    task, _, rest = spec.partition("=")
+    kind, _, folder = rest.partition(":")
+    return f"{task}={kind}:{Path(folder).expanduser().absolute()}"
 
 
 def write_run(out: Path, run: dict[str, Any]) -> None:
@@ -285,9 +317,34 @@ class RunRecord:
         None win."""
         recorded = dict(root=self.input_root, labels=self.labels_file, layout=self.layout or "auto",
                         path_column=self.data.get("path_column"), tasks=self.tasks,
-                        partition=self._path(self.data.get("partition")), split=self.data.get("split") or "train")
+                        partition=self._path(self.data.get("partition")), split=self.data.get("split") or "train",
+                        **self.map_reading, maps=tuple(self.data.get("maps") or ()),
+                        map_columns=tuple(self.data.get("map_columns") or ()))
         recorded.update({k: v for k, v in overrides.items() if v is not None})
         return DataConfig(**recorded)
+
+
+    @property
+    def map_reading(self) -> dict[str, Any]:
+        """How the label maps' files are read (DataConfig's ignore_index and depth_scale), as protect read them."""
+        return {k: self.data[k] for k in ("ignore_index", "depth_scale") if self.data.get(k) is not None}
+
+    @property
+    def label_tasks(self) -> dict[str, Any]:
+        """labels.csv's tasks in `TaskSpec.to_dict` form (runs before issue 28: the generator's tasks)."""
+        return self.raw.get("label_tasks") or self.raw.get("tasks") or {}
+
+
+def protected_data_config(out: Path, size: int | None = None, **overrides: Any) -> DataConfig:
+    """How to read OUT itself: layout csv, OUT/labels.csv, each label-map task of run.json's `label_tasks` as a map
+    column (task=kind), its files read as protect read the originals (ignore_index, depth_scale). `size` defaults
+    to the generator's working size; `overrides` are other DataConfig fields (skip_bad, workers, cache, tasks)."""
+    out = Path(out)
+    run = read_run(out)
+    columns = tuple(f"{name}={entry['kind']}" for name, entry in run.label_tasks.items() if isinstance(entry, dict))
+    size = size or run.working_size
+    return DataConfig(root=out, labels=out / LABELS, layout="csv", path_column="path", map_columns=columns,
+                      **run.map_reading, **({"size": size} if size else {}), **overrides)
 
 
 def read_run(out: Path) -> RunRecord:

@@ -1,7 +1,8 @@
 """`protect_dataset`: write protected copies at native resolution, losslessly, with a manifest.
 
 One file's work (δ onto the original, in bands of rows; encode; measure) is in `encode`; the folder's format
-(manifest, labels.csv, run.json) in `outputs`; which files each torchrun process takes in `shard`.
+(manifest, labels.csv, run.json) in `outputs`; which files each torchrun process takes in `shard`; the label maps
+of dense tasks (read at the working size for the generator, copied byte-identical) in `maps`.
 `protect_folder` is the one call behind `mtlue protect`: with a generator, or fitting one first.
 """
 
@@ -18,14 +19,15 @@ import numpy as np
 
 from mtlue_cli.config import DataConfig, FitConfig, ProtectConfig
 from mtlue_cli.data.dataset import held_out, split_indices
+from mtlue_cli.data.dense_labels import reading_of
 from mtlue_cli.data.images import EXTENSIONS, Decoded, decode, to_working
-from mtlue_cli.data.labels import UNLABELLED, LabelTable, Record, read_labels
+from mtlue_cli.data.labels import UNLABELLED, LabelTable, Record, TaskSpec, read_labels
 from mtlue_cli.errors import ConfigError, DatasetError, FileProblem, ProtectFailed, examples, raise_problems
 from mtlue_cli.events import OnEvent, log, noop
 from mtlue_cli.files import file_sha256
 from mtlue_cli.models.persistence import LoadedGenerator
-from mtlue_cli.protect import outputs, shard
-from mtlue_cli.protect.encode import write_preview, write_protected
+from mtlue_cli.protect import maps, outputs, shard
+from mtlue_cli.protect.encode import write_array, write_preview, write_protected
 from mtlue_cli.protect.outputs import FileResult
 from mtlue_cli.protect.threads import generator_threads, resolve_workers
 
@@ -63,7 +65,7 @@ class ProtectReport:
         return not self.failed and not self.unlabelled
 
 
-def _label_remap(table: LabelTable, tasks: dict[str, list[str]]) -> tuple[list[tuple[int, np.ndarray]], list[str]]:
+def _label_remap(table: LabelTable, tasks: dict[str, list[str]]) -> tuple[list[tuple[int, np.ndarray | None]], list[str]]:
     """Dataset class indices -> generator class indices, by task and class name.
 
     A value that is not one of the generator's class names may be its class index ("1" for the
@@ -74,9 +76,12 @@ def _label_remap(table: LabelTable, tasks: dict[str, list[str]]) -> tuple[list[t
     if len(missing) == len(tasks):
         raise DatasetError(f"the labels have none of the generator's tasks {list(tasks)} (they have "
                            f"{list(table.spec.names)}); use labels with at least one of them (see its README.md)")
-    remap = []
+    remap: list[tuple[int, np.ndarray | None]] = []
     for name in (t for t in tasks if t not in missing):
         k = table.spec.names.index(name)
+        if table.spec.dense[k]:  # a label map, not a class: `maps.dense_tasks` checked it
+            remap.append((k, None))
+            continue
         vocab = {c: i for i, c in enumerate(tasks[name])}
         if not any(c.lstrip("-").isdigit() for c in tasks[name]):  # names, not numbers: indices allowed too
             vocab.update({str(i): i for i in range(len(tasks[name]))})
@@ -140,7 +145,7 @@ def protect_dataset(loaded: LoadedGenerator, data: DataConfig, out: Path, cfg: P
     model = loaded.model.to(device).eval()
     tasks, size, epsilon = model.tasks, model.image_size, float(model.epsilon)
     table = read_labels(data)
-    table.spec.require_classification("protect")
+    dense = maps.dense_tasks(table.spec, table.layout, tasks, model.task_kinds)
     remap, missing = _label_remap(table, tasks)
     protected_tasks = [t for t in tasks if t not in missing and t not in model.unprotected]
     if not protected_tasks:
@@ -159,7 +164,7 @@ def protect_dataset(loaded: LoadedGenerator, data: DataConfig, out: Path, cfg: P
     # --overwrite: the old manifest is deleted below, so nothing counts as done.
     previous = outputs.load_manifest(out) if cfg.resume and not cfg.overwrite and out.is_dir() else {}
     mine = [records[i] for i in shard.share(len(records), cfg.batch_size, dist.rank, dist.world)]
-    resumed, todo = _resumable(mine, names, previous, root, out)
+    resumed, todo = _resumable(mine, names, previous, root, out, dense)
 
     dist.barrier()  # every rank has checked --out and read the old manifest before any rank writes
     if dist.is_main:
@@ -179,35 +184,46 @@ def protect_dataset(loaded: LoadedGenerator, data: DataConfig, out: Path, cfg: P
             results.commit(FileResult(problem.path, None, "failed", reason=reason))
         mode = "L" if model.in_channels == 1 else "RGB"
 
-        def generate(x: np.ndarray, y: np.ndarray) -> Any:  # (B,S,S[,C]) uint8, (B,K) -> (B,C,S,S) δ
-            x_t = torch.from_numpy(x)
+        def generate(x: np.ndarray, y: np.ndarray, m: list[list[np.ndarray | None]]) -> Any:  # -> (B,C,S,S) δ
+            x_t = torch.from_numpy(x)  # (B,S,S[,C]) uint8; y (B,K); m: each image's working-size maps
             x_t = (x_t[..., None] if x_t.ndim == 3 else x_t).permute(0, 3, 1, 2).contiguous()  # NCHW: the fast path
+            batch = maps.batch(m, len(tasks)) if dense.used else None
             with torch.inference_mode(), autocast(device, cfg.amp):
                 return model(x_t.to(device).float().div_(255), torch.from_numpy(y).to(device),
-                             protect=protected_tasks).float().cpu()
+                             protect=protected_tasks, maps=batch).float().cpu()
 
         def labels(batch: list[Record]) -> np.ndarray:
-            y = np.zeros((len(batch), len(tasks)), dtype=np.int64)  # missing tasks: any index, unused
+            y = np.zeros((len(batch), len(tasks)), dtype=np.int64)  # missing and dense tasks: any index, unused
             for j, (k, m) in zip((i for i, t in enumerate(tasks) if t not in missing), remap):
-                y[:, j] = [int(m[r.labels[k]]) for r in batch]
+                if m is not None:
+                    y[:, j] = [int(m[r.labels[k]]) for r in batch]
             return y
 
+        def write(r: Record, d: Decoded, delta: Any) -> FileResult:
+            result = (write_array(r, delta, root, out, names[r.path], epsilon) if d.array is not None
+                      else write_protected(r, d, delta, root, out, names[r.path], epsilon, cfg))
+            return maps.carry(result, r, dense, root, out)
+
+        reading = reading_of(data)
         with generator_threads(device, resolve_workers(cfg)):
-            _protect_files(todo, generate, labels, lambda r: _decode(root, r, size, mode), results, root, out, names,
-                           epsilon, cfg, data.skip_bad, on_event)
+            _protect_files(todo, generate, labels, lambda r: _decode(root, r, size, mode, dense, reading, len(tasks)),
+                           write, results, cfg, data.skip_bad, on_event)
     finally:
         manifest.close()
     ok, failures = (results.ok, results.failed) if not dist.enabled else shard.gather(out, records, previous, dist)
     done = [ok[r.path] for r in records if r.path in ok]  # in protect's order
     if dist.is_main:
+        # A label-map task's column: where its map was copied; a class task's: the class, as the user wrote it.
         outputs.write_labels(out, ["path", *table.spec.names], [
-            [names[r.path], *(table.spec.classes[k][v] for k, v in enumerate(r.labels))]
+            [names[r.path], *_row(table.spec, r, dense.outputs(r, names[r.path]) if dense.indices else [])]
             for r in sorted((r for r in records if r.path in ok), key=lambda r: r.path)])
+        maps.write_id2label(out, dense)
     preview = None
     if dist.is_main and cfg.preview and done:
         shown = [r for r in records if r.path in ok][:cfg.preview]  # done's order
         captions = [f"{r.path}: " + ", ".join(f"{t}={table.spec.classes[k][v]}" for k, (t, v) in
-                                              enumerate(zip(table.spec.names, r.labels))) for r in shown]
+                                              enumerate(zip(table.spec.names, r.labels)) if not table.spec.dense[k])
+                    for r in shown]
         preview = write_preview([(root / ok[r.path].source, out / str(ok[r.path].output)) for r in shown],
                                 outputs.preview_path(out), epsilon, captions)
     seconds = time.perf_counter() - started
@@ -227,7 +243,8 @@ def protect_dataset(loaded: LoadedGenerator, data: DataConfig, out: Path, cfg: P
         generator = {"spec": loaded.spec, "source": loaded.source, "revision": loaded.revision,
                      "sha256": loaded.sha256, "method": loaded.method, "image_size": size}
         outputs.write_run(out, outputs.run_record(
-            generator=generator, epsilon=epsilon, tasks=tasks, data=data, layout=table.layout,
+            generator=generator, epsilon=epsilon, tasks=TaskSpec.from_generator(tasks, model.task_kinds).to_dict(),
+            label_tasks=table.spec.to_dict(), data=data, layout=table.layout,
             labels_file=table.labels_file, labels_sha256=file_sha256(table.labels_file) if table.labels_file else None,
             config=asdict(cfg), held_out=[table.records[i].path for i in test_idx], holdout=cfg.holdout, seed=cfg.seed,
             summary={k: v for k, v in asdict(report).items() if k not in ("failed", "out", "preview", "fit")},
@@ -251,8 +268,14 @@ def _warnings(table: LabelTable, tasks: dict[str, list[str]], missing: list[str]
     return warnings
 
 
+def _row(spec: TaskSpec, record: Record, copied: list[str]) -> list[str]:
+    """labels.csv's task columns of one image: each class task's class, each label-map task's copied map."""
+    places = iter(copied)
+    return [next(places) if dense else spec.classes[k][v] for k, (v, dense) in enumerate(zip(record.labels, spec.dense))]
+
+
 def _resumable(records: list[Record], names: dict[str, str], previous: dict[str, dict[str, Any]], root: Path,
-               out: Path) -> tuple[dict[str, FileResult], list[Record]]:
+               out: Path, dense: maps.DenseTasks) -> tuple[dict[str, FileResult], list[Record]]:
     """--resume: the files an earlier run wrote whose output and source are unchanged, and the rest to do."""
     resumed: dict[str, FileResult] = {}
     todo: list[Record] = []
@@ -260,25 +283,27 @@ def _resumable(records: list[Record], names: dict[str, str], previous: dict[str,
         entry = previous.get(record.path)
         target = out / names[record.path]
         if (entry and entry.get("status") == "ok" and target.is_file() and entry.get("sha256_out") == file_sha256(target)
-                and entry.get("sha256_in") == file_sha256(root / record.path)):
+                and entry.get("sha256_in") == file_sha256(root / record.path)
+                and maps.intact(entry, record, dense, root, out, names[record.path])):
             resumed[record.path] = FileResult(**{**entry, "status": "resumed"})
         else:
             todo.append(record)
     return resumed, todo
 
 
-def _decode(root: Path, record: Record, size: int, mode: str) -> tuple[Decoded, np.ndarray] | FileProblem:
-    """Full-resolution original and its working-size pixels, in a worker thread (Pillow drops the GIL)."""
+def _decode(root: Path, record: Record, size: int, mode: str, dense: maps.DenseTasks, reading: Any,
+            tasks: int) -> tuple[Decoded, np.ndarray, list[np.ndarray | None]] | FileProblem:
+    """Full-resolution original, its working-size pixels and label maps, in a worker thread (Pillow drops the GIL)."""
     try:
         decoded = decode(root, record.path, record.row)
+        found = dense.read(root, record, decoded.image.size, size, reading, tasks) if dense.indices else []
     except FileProblem as problem:
         return problem
-    return decoded, np.asarray(to_working(decoded.image, size).convert(mode))
+    return decoded, np.asarray(to_working(decoded.image, size).convert(mode)), found
 
 
-def _protect_files(todo: list[Record], generate: Any, labels: Any, load: Any, results: _Results, root: Path,
-                   out: Path, names: dict[str, str], epsilon: float, cfg: ProtectConfig, skip_bad: bool,
-                   on_event: OnEvent) -> None:
+def _protect_files(todo: list[Record], generate: Any, labels: Any, load: Any, write: Any, results: _Results,
+                   cfg: ProtectConfig, skip_bad: bool, on_event: OnEvent) -> None:
     """Decode the next batch while the generator runs on this one; write each file in the worker threads."""
     batches = [todo[i : i + cfg.batch_size] for i in range(0, len(todo), cfg.batch_size)]
     on_event("start", {"stage": "protect", "total": len(todo), "description": "Protecting"})
@@ -298,16 +323,16 @@ def _protect_files(todo: list[Record], generate: Any, labels: Any, load: Any, re
             decoded = [f.result() for f in next_decode]
             if b + 1 < len(batches):
                 next_decode = [pool.submit(load, r) for r in batches[b + 1]]
-            good = [(r, d[0], d[1]) for r, d in zip(batch, decoded) if not isinstance(d, FileProblem)]
+            good = [(r, *d) for r, d in zip(batch, decoded) if not isinstance(d, FileProblem)]
             for r, d in zip(batch, decoded):
                 if isinstance(d, FileProblem):
                     if not skip_bad:
-                        raise_problems([d], "image")
-                    finish(FileResult(r.path, None, "failed", reason=d.reason))
+                        raise_problems([d], "image" if d.path == r.path else "label map")
+                    finish(FileResult(r.path, None, "failed", reason=maps.problem_reason(d, r.path)))
             if good:
-                deltas = generate(np.stack([w for _, _, w in good]), labels([r for r, _, _ in good]))
-                for (r, d, _), delta in zip(good, deltas):
-                    pending.append(pool.submit(write_protected, r, d, delta, root, out, names[r.path], epsilon, cfg))
+                deltas = generate(np.stack([g[2] for g in good]), labels([g[0] for g in good]), [g[3] for g in good])
+                for (r, d, _, _), delta in zip(good, deltas):
+                    pending.append(pool.submit(write, r, d, delta))
             # Keep at most about one batch of full-resolution images in flight (flat memory, issue #9), or one
             # per thread where there are more threads than that.
             while len(pending) > max(cfg.batch_size, workers):
@@ -338,8 +363,7 @@ def protect_with_fit(data: DataConfig, out: Path, fit_cfg: FitConfig, cfg: Prote
     if cfg.resume and (gen_dir / WEIGHTS).is_file():
         log(on_event, f"--resume: reusing the generator fitted before in {gen_dir}")
     else:
-        table = read_labels(data)
-        table.spec.require_classification("protect")
+        table = read_labels(data)  # label maps: fit_folder says whether it can fit on them
         holdout = held_out(table.records, cfg.holdout, cfg.seed)  # the same split protect leaves out
         log(on_event, f"no --generator: fitting one on the {len(table.records) - len(holdout)} labelled images to "
             f"protect (recipe written to {gen_dir / 'fit_record.json'})")
