@@ -182,6 +182,16 @@ def test_cityscapes_names_and_png_maps_listed_in_a_csv(tmp_path) -> None:
                                                            for i in range(2)))
     table = read_labels(DataConfig(root, map_columns=("seg=segmentation",)))
     assert table.problems == [] and table.spec.classes == (("0", "1", "2"),)
+    # maps in nested folders (a protected folder's maps/seg/<subdir>/...): the id2label.json of their common folder
+    nested = tmp_path / "nested"
+    for i in range(2):
+        (nested / "img" / f"d{i}").mkdir(parents=True)
+        Image.fromarray(scene(i)["rgb"]).save(nested / "img" / f"d{i}" / "x.png")
+        palette_png(nested / "maps" / "seg" / f"d{i}" / "x.png", scene(i)["seg"])
+    write_text(nested / "maps" / "seg" / "id2label.json", '{"0": "floor", "1": "ball", "2": "box", "3": "cone"}')
+    write_text(nested / "labels.csv", "path,seg\n" + "".join(f"img/d{i}/x.png,maps/seg/d{i}/x.png\n" for i in range(2)))
+    table = read_labels(DataConfig(nested, map_columns=("seg=segmentation",)))
+    assert table.spec.classes == (("floor", "ball", "box", "cone"),)
 
 
 # ----------------------------------------------------------------------------- map files
@@ -312,20 +322,3 @@ def test_map_columns_need_a_labels_csv(tmp_path) -> None:
         read_labels(DataConfig(tmp_path, map_columns=("d=depth",)))
     with pytest.raises(DatasetError, match="--maps seg=segmentation:nowhere: no folder nowhere"):
         read_labels(DataConfig(tmp_path, maps=("seg=segmentation:nowhere",)))
-
-
-def test_fit_protect_and_verify_refuse_label_maps_with_a_clear_error(tmp_path) -> None:
-    from mtlue_cli.config import DataConfig, FitConfig, ProtectConfig
-    from mtlue_cli.demo.scenes import make_scenes
-    from mtlue_cli.errors import ConfigError
-    from mtlue_cli.fit.folder import fit_folder
-    from mtlue_cli.protect.protect import protect_folder
-
-    root = make_scenes(tmp_path / "scenes", n=4, size=16)
-    data = DataConfig(root=root / "images", labels=root / "labels.csv", maps=(f"d=depth:{root / 'depth'}",),
-                      depth_scale=1000)
-    with pytest.raises(ConfigError, match=r"fit cannot use label maps yet: d \(depth\)"):
-        fit_folder(data, FitConfig(), tmp_path / "gen")
-    with pytest.raises(ConfigError, match=r"protect cannot use label maps yet"):
-        protect_folder(data, tmp_path / "out", ProtectConfig(), generator="demo-shapes")
-    assert not (tmp_path / "gen").exists() and not (tmp_path / "out").exists()

@@ -15,6 +15,7 @@ else from the largest index in its maps ("0".."C-1", which reads every map once)
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 from collections import defaultdict
 from dataclasses import replace
@@ -202,9 +203,10 @@ def attach_columns(table: LabelTable, tasks: list[tuple[str, str]], values: dict
     listed = {PurePosixPath(v.replace("\\", "/")).as_posix() for row in values.values() for v in row}
     table = replace(table, problems=[p for p in table.problems if not (p.reason == UNLABELLED and p.path in listed)])
     dirs: list[Path | None] = []
-    for k in range(len(tasks)):  # an id2label.json in the one folder that holds all of a task's maps
+    for k in range(len(tasks)):  # an id2label.json in the deepest folder that holds all of a task's maps (nested too)
         parents = {PurePosixPath(v[k].replace("\\", "/")).parent.as_posix() for v in values.values() if v[k]}
-        dirs.append(table.root / parents.pop() if len(parents) == 1 else None)
+        common = posixpath.commonpath(sorted(parents)) if parents else ""
+        dirs.append(table.root / common if common not in ("", ".") else None)
     return attach(table, tasks, locate, reading_of(cfg), dirs)
 
 
