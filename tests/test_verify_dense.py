@@ -174,7 +174,7 @@ def test_a_missing_protected_map_is_named(scenes, tmp_path):
     from mtlue_cli.verify.run import VerifyRequest, verify_folder
 
     out = protect_by_hand(scenes, tmp_path / "out")
-    gone = sorted((out / "maps" / "seg").glob("*.png"))[0]
+    gone = min((out / "maps" / "seg").glob("*.png"))
     gone.unlink()
     with pytest.raises(MtlueError) as caught:
         verify_folder(VerifyRequest(out), CFG)

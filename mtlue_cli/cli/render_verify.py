@@ -10,7 +10,6 @@ from rich.table import Table
 
 from mtlue_cli.cli.render import SHORT_DEFENSE, console
 
-
 # The label-map scores as a reader who does not train models would name them (metrics' keys).
 SCORE_NAMES = {"miou": "mIoU", "pixel_accuracy": "pixel accuracy", "abs_error": "depth error (abs)",
                "rel_error": "depth error (rel)", "delta1": "depth within 25%", "mean_angle": "angle error (mean, °)",

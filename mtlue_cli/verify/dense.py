@@ -6,8 +6,9 @@ victims are scored on, the best epoch per task, the seeds' scores averaged, and 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from mtlue_cli.config import DataConfig
 from mtlue_cli.data.tasks import TaskSpec

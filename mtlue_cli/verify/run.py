@@ -34,8 +34,8 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
     import torch
 
     from mtlue_cli.models.dense import build_model
-    from mtlue_cli.models.engine import (ClassifierTrainer, evaluate, resolve_device, score_tasks, seed_everything,
-                                         train_classifier)
+    from mtlue_cli.models.engine import ClassifierTrainer, evaluate, resolve_device, score_tasks, seed_everything
+    from mtlue_cli.models.engine import train_classifier
     from mtlue_cli.verify.defenses import expand_defenses, prepare
     from mtlue_cli.verify.plot import missing as missing_plot
 
