@@ -286,6 +286,9 @@ class VerifyConfig:
     stl: bool = False
     test_split: float = 0.2
     threshold: float = 5.0  # points above the majority baseline (AUC: above 0.5) that still count as protected
+    # A label-map task's protection ratio (metrics.protection_ratio: the share of the clean victim's lead over the
+    # no-skill baseline that the protected-trained victim keeps) that still counts as protected (issue 28).
+    dense_threshold: float = 0.2
     metric: str = "acc"  # acc|auc (§6.4: mean AUC for multi-label binary data such as ChestX-ray14)
     seed: int = 0  # the clean test split's seed (protect's --holdout seed), and the first victim's
     # Victims per (defence, clean/protected), seeded victim_seed .. victim_seed + seeds - 1 on the same split; the
@@ -317,6 +320,7 @@ class VerifyConfig:
         _choice("metric", self.metric, METRICS)
         _number("test_split", self.test_split, 0, 1, high_open=True)
         _number("threshold", self.threshold, 0)
+        _number("dense_threshold", self.dense_threshold, 0, 1, high_open=True)
         _number("time_budget", self.time_budget, 0, low_open=True, optional=True)
         if isinstance(self.defenses, str) or not self.defenses or not all(isinstance(d, str) for d in self.defenses):
             raise _bad("defenses", self.defenses, "a non-empty tuple of defence names")

@@ -236,7 +236,7 @@ def protect(
 
 @app.command(epilog=(
     "Exit codes: 0 = every task at or below its baseline (the majority class, or a uniform guess where higher) + --threshold points with no defence and after "
-    "each --defense (protection effective), 4 = some task above it, 5 = no verdict: the victim trained on the "
+    "each --defense (protection effective; a label-map task: its protection ratio at most --dense-threshold), 4 = some task above it, 5 = no verdict: the victim trained on the "
     "originals did not learn some task either, 1 = error.\n\n"
     "Examples:\n\n  mtlue protect ./photos -l attrs.csv -o prot/ --holdout 0.2 && mtlue verify prot/\n\n"
     "  mtlue verify prot/ --res 128 --recipe paper --time-budget none\n\n"
@@ -262,6 +262,7 @@ def verify(
     adv_train: Annotated[bool, typer.Option("--adv-train", help="PGD adversarial training of the victim (slow).")] = False,
     stl: Annotated[bool, typer.Option("--stl", help="Also train one single-task victim per task.")] = False,
     threshold: Annotated[float, typer.Option(help="Points above the baseline (majority class or uniform guess, whichever is higher; 0.5 for AUC) that still count as protected.")] = 5.0,
+    dense_threshold: Annotated[float, typer.Option(help="Label-map tasks: the share of the clean-trained victim's lead over the no-skill predictor that the protected-trained victim may keep and still count as protected (0 = no better than no skill).")] = 0.2,
     metric: Annotated[str, typer.Option(help="acc (top-1 accuracy) or auc (ROC-AUC per task, for multi-label binary data).")] = "acc",
     json_file: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON to this file.")] = None,
     profile: Annotated[bool, typer.Option("--profile", help="Also train a victim on the originals under each defence: what the defence costs clean data (one more victim per defence).")] = False,
@@ -271,6 +272,7 @@ def verify(
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse the clean-victim result of identical data and recipe (~/.cache/mtlue or MTLUE_CACHE_DIR).")] = True,
     amp: AmpOpt = "auto",
     read: LabelOptions = LabelOptions(),
+    label_maps: MapOptions = MapOptions(),
     skip_bad: SkipBadOpt = False,
     device: DeviceOpt = "auto",
     seed: Annotated[Optional[int], typer.Option(help="Random seed (default: protect's, from run.json, else 0).")] = None,
@@ -293,14 +295,18 @@ def verify(
         budget = None if time_budget.strip().lower() in ("none", "0", "off") else parse_duration(time_budget)
         cfg = make_config(VerifyConfig, VERIFY_RECIPES[recipe], victim=victim, epochs=epochs, res=res,
                           batch_size=batch_size, weighting=weighting, defenses=names(defense) or ("none",),
-                          adv_train=adv_train, stl=stl, threshold=threshold, metric=metric, cache=cache,
+                          adv_train=adv_train, stl=stl, threshold=threshold, dense_threshold=dense_threshold,
+                          metric=metric, cache=cache,
                           device=device, amp=amp, detect=detect, plot=plot, profile=profile, seeds=seeds)
         if recipe != "paper" or time_budget != "20m":  # the paper recipe trains in full unless a budget is given
             cfg = dataclasses.replace(cfg, time_budget=budget)
         # Left None, the originals, labels, layout, holdout and seed are what protect recorded in OUT/run.json.
         request = VerifyRequest(folder, clean=clean, labels=labels, layout=read.layout, path_column=read.path_column,
                                 tasks=names(read.tasks), test=test, test_labels=test_labels, test_split=test_split,
-                                seed=seed, skip_bad=skip_bad, workers=workers, save=out is not None)
+                                seed=seed, skip_bad=skip_bad, workers=workers, save=out is not None,
+                                maps=tuple(label_maps.maps) if label_maps.maps else None,
+                                map_columns=tuple(label_maps.map_columns) if label_maps.map_columns else None,
+                                ignore_index=label_maps.ignore_index, depth_scale=label_maps.depth_scale)
         with Renderer(quiet) as render:
             report = verify_folder(request, cfg, on_event=render)
     render_verify(report)

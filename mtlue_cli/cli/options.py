@@ -122,23 +122,26 @@ MapsOpt = Annotated[Optional[list[str]], typer.Option("--map", help=(
     "--map depth=depth:./depth."), show_default=False)]
 MapColumnsOpt = Annotated[Optional[list[str]], typer.Option("--map-column", help=(
     "A labels-file column whose values are paths to label maps: TASK=KIND (repeat per column)."), show_default=False)]
-IgnoreIndexOpt = Annotated[int, typer.Option(help="The void value of segmentation PNGs (VOC: 255); .npy maps use -1.")]
-DepthScaleOpt = Annotated[float, typer.Option(help="Stored depth / scale = depth: 1000 for millimetre PNGs, 256 for KITTI.")]
+IgnoreIndexOpt = Annotated[Optional[int], typer.Option(help="The void value of segmentation PNGs (default 255, VOC's); .npy maps use -1.", show_default=False)]
+DepthScaleOpt = Annotated[Optional[float], typer.Option(help="Stored depth / scale = depth: 1000 for millimetre PNGs, 256 for KITTI (default 1).", show_default=False)]
 
 
 @dataclass(frozen=True)
 class MapOptions:
     """How label maps (dense tasks) are found and read: DataConfig's `maps`, `map_columns`, `ignore_index`,
-    `depth_scale`. Read by `inspect` and `protect` (issue 28)."""
+    `depth_scale`. Read by `inspect`, `fit`, `protect` and `verify` (whose default is what OUT/run.json records).
+    An option not given is None, so a command can tell it from DataConfig's default (255, 1)."""
 
     maps: MapsOpt = None
     map_columns: MapColumnsOpt = None
-    ignore_index: IgnoreIndexOpt = 255
-    depth_scale: DepthScaleOpt = 1.0
+    ignore_index: IgnoreIndexOpt = None
+    depth_scale: DepthScaleOpt = None
 
     def fields(self) -> dict[str, Any]:
-        return {"maps": tuple(self.maps or ()), "map_columns": tuple(self.map_columns or ()),
-                "ignore_index": self.ignore_index, "depth_scale": self.depth_scale}
+        """The options given, as DataConfig fields (DataConfig's defaults for the rest)."""
+        given = {"maps": tuple(self.maps or ()), "map_columns": tuple(self.map_columns or ()),
+                 "ignore_index": self.ignore_index, "depth_scale": self.depth_scale}
+        return {k: v for k, v in given.items() if v is not None}
 
 
 def option_groups(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -61,8 +61,10 @@ def figure(report: Any) -> Any:
         ax.axhline(row.baseline, color="black", linestyle="--", linewidth=1)  # the verdict's baseline
         ax.set_title(row.task)
         ax.set_xlabel("epoch")
-        ax.set_ylabel(metric)
-        ax.set_ylim(0, 1)
+        dense = getattr(row, "dense", False)  # a label map: its own score (depth error in metres, angles in degrees)
+        ax.set_ylabel(f"{row.metric} ({'higher' if row.higher_is_better else 'lower'} = better)" if dense else metric)
+        if not dense or row.metric in ("miou", "pixel_accuracy"):
+            ax.set_ylim(0, 1)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in axes[len(tasks):]:
         ax.set_visible(False)

@@ -18,22 +18,24 @@ from mtlue_cli.config import DataConfig, VerifyConfig, default_crop, victim_res
 from mtlue_cli.config import milestones as lr_milestones
 from mtlue_cli.data.dataset import MultiTaskImageDataset, load_dataset, split_indices
 from mtlue_cli.data.images import median_short_side
-from mtlue_cli.data.kinds import kinds_of
 from mtlue_cli.data.labels import read_labels
 from mtlue_cli.errors import ConfigError, DatasetError
 from mtlue_cli.events import OnEvent, log, noop
 from mtlue_cli.files import write_text
 from mtlue_cli.protect import outputs
+from mtlue_cli.verify import dense
 from mtlue_cli.verify.verdict import DefenseProfile, TaskRow, VerifyReport, judge, mean_sd  # noqa: F401 (the public names)
 
 
 def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConfig | None = None,
            on_event: OnEvent | None = None) -> VerifyReport:
-    """Victim accuracy on clean test images after training on clean vs protected files."""
+    """Victim accuracy (label maps: their kind's scores) on clean test images after training on clean vs protected
+    files."""
     import torch
 
-    from mtlue_cli.models.classifiers import MTLClassifier
-    from mtlue_cli.models.engine import ClassifierTrainer, evaluate, resolve_device, seed_everything, train_classifier
+    from mtlue_cli.models.dense import build_model
+    from mtlue_cli.models.engine import ClassifierTrainer, evaluate, resolve_device, score_tasks, seed_everything
+    from mtlue_cli.models.engine import train_classifier
     from mtlue_cli.verify.defenses import expand_defenses, prepare
     from mtlue_cli.verify.plot import missing as missing_plot
 
@@ -48,12 +50,19 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
     if not (protected / outputs.LABELS).is_file():
         raise ConfigError(f"{protected}: no {outputs.LABELS}; --protected is a folder written by `mtlue protect`")
     clean_table = read_labels(clean)
-    clean_table.spec.require_classification("verify")
+    kinds, notes = clean_table.spec.kinds, []
+    maps = any(kind.dense for kind in kinds)
+    if maps and cfg.metric != "acc":
+        raise ConfigError("--metric auc scores class labels only; drop it to verify label maps (each by its own score)")
+    cls = dense.classification(kinds)
+    if "op" in defenses and not cls:  # the projection is fitted on class labels (fit.projection)
+        defenses.remove("op")
+        notes.append("defence op skipped: orthogonal projection is fitted on class labels, and these tasks are all "
+                     "label maps")
     res = cfg.res or victim_res(outputs.read_run(protected).working_size,
                                 median_short_side(clean_table.root, [r.path for r in clean_table.records]))
     clean = dataclasses.replace(clean, size=res)
-    prot_cfg = DataConfig(root=protected, labels=protected / outputs.LABELS, layout="csv", size=res,
-                          skip_bad=clean.skip_bad, workers=clean.workers)
+    prot_cfg = dense.protected_config(clean, clean_table.spec, protected, res)
     sources = outputs.source_map(protected)
     prot_table = read_labels(prot_cfg)
     protected_sources = {sources.get(r.path, r.path) for r in prot_table.records}
@@ -84,21 +93,16 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
     if len(test_set) == 0:
         raise DatasetError("the clean test split is empty; raise --test-split or pass --test")
     spec = clean_all.spec
-    if prot_set.spec.names != spec.names:
-        raise DatasetError(f"the protected labels have tasks {list(prot_set.spec.names)}, the clean ones {list(spec.names)}")
-    # Align class indices by name (vocabularies are sorted per set and could differ in coverage).
-    prot_labels = prot_set.labels.clone()
-    for k, classes in enumerate(prot_set.spec.classes):
-        index = {c: i for i, c in enumerate(spec.classes[k])}
-        unknown = [c for c in classes if c not in index]
-        if unknown:
-            raise DatasetError(f"protected labels use class(es) {unknown} of task {spec.names[k]!r} absent from the clean labels")
-        prot_labels[:, k] = torch.tensor([index[c] for c in classes])[prot_set.labels[:, k]]
-    test_labels = test_set.labels
+    prot_set = dense.align(prot_set, spec)
+    dense.check_maps(prot_set, clean_train, sources)
+    prot_labels = prot_set.labels
+    # With label maps, the training and test "labels" are the datasets (their `targets`: maps cropped with images).
+    clean_y, prot_y, test_labels = (clean_train, prot_set, test_set) if maps else (clean_train.labels, prot_labels,
+                                                                                     test_set.labels)
     nc = spec.num_classes
     device = resolve_device(cfg.device)
     crop = cfg.crop or default_crop(res)
-    per_epoch = _seconds_per_epoch(cfg, nc, crop, device, len(prot_set))
+    per_epoch = _seconds_per_epoch(cfg, kinds, crop, device, len(prot_set))
     # Victim seeds apart from the split's (cfg.seed): the same clean test split, victims differing in init, batch
     # order, crops and the defence's own draws.
     first = cfg.seed if cfg.victim_seed is None else cfg.victim_seed
@@ -122,26 +126,28 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
         f"{', STL' if cfg.stl else ''}" + (f"; {cfg.seeds} victim seeds each ({seeds[0]}-{seeds[-1]})" if cfg.seeds > 1 else "")
         + (f" ({len(cached)} clean-trained result(s) cached)" if cached else ""))
     milestones = lr_milestones(cfg.epochs, cfg.milestones)
-    # The chance level a victim must beat: the majority class or a uniform guess for accuracy, 0.5 for AUC.
-    kinds = kinds_of(nc)
-    majority = ([kind.majority(clean_train.labels[:, k], test_labels[:, k]) for k, kind in enumerate(kinds)]
-                if cfg.metric == "acc" else [0.5] * len(nc))
-    chance = [kind.chance for kind in kinds] if cfg.metric == "acc" else [0.5] * len(nc)
+    # The chance level a victim must beat: the majority class or a uniform guess for accuracy, 0.5 for AUC; a label
+    # map's no-skill predictor.
+    majority, trivial = dense.baselines(kinds, clean_train, test_set, crop, cfg.metric)
+    chance = [0.0 if kind.dense else kind.chance if cfg.metric == "acc" else 0.5 for kind in kinds]
     log(on_event, f"victim {cfg.victim} ({cfg.victim_stem} stem), {cfg.epochs} epochs at {res} px (crop {crop}), "
         f"{len(prot_set)} protected / {len(clean_train)} clean training images, {len(test_set)} clean test images")
     detectability = None
-    if cfg.detect:
+    if cfg.detect and not cls:
+        notes.append("--detect skipped: the linear probe reads class labels, and these tasks are all label maps")
+    elif cfg.detect:
         from mtlue_cli.verify.detect import detect
 
-        log(on_event, "detectability: linear probes on the protected images and on the originals")
-        detectability = detect(prot_set.images, prot_labels, clean_train.images, clean_train.labels, list(spec.names),
-                               nc, cfg.seed)
+        log(on_event, "detectability: linear probes on the protected images and on the originals"
+            + (" (classification tasks)" if maps else ""))
+        detectability = detect(prot_set.images, prot_labels[:, cls], clean_train.images, clean_train.labels[:, cls],
+                               [spec.names[k] for k in cls], [nc[k] for k in cls], cfg.seed)
 
     def run(images: Any, labels: Any, name: str, task_weights: Any = None, test_images: Any = None,
-            batch_transform: Any = None, seed: int = first) -> tuple[list[float], list[float], list[float], list[list[float]]]:
+            batch_transform: Any = None, seed: int = first) -> tuple[Any, ...]:
         gen = seed_everything(seed)  # the same init and batch order for every victim of one seed
-        model = MTLClassifier(nc, arch=cfg.victim, stem=cfg.victim_stem, image_size=crop)
-        trainer = ClassifierTrainer(model, nc, lr=cfg.lr, weight_decay=cfg.weight_decay, milestones=milestones,
+        model = build_model(kinds, arch=cfg.victim, stem=cfg.victim_stem, image_size=crop)
+        trainer = ClassifierTrainer(model, kinds, lr=cfg.lr, weight_decay=cfg.weight_decay, milestones=milestones,
                                     weighting=cfg.weighting, device=device, amp=cfg.amp, task_weights=task_weights)
         result = train_classifier(trainer, images, labels, epochs=cfg.epochs, batch_size=cfg.batch_size, crop=crop,
                                   gen=gen, input_transform=batch_transform, adv_train=cfg.adv_train, metric=cfg.metric,
@@ -150,38 +156,45 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
         # §14.2: the last epoch is the reported figure; the best epoch is shown beside it (a poison
         # that only delays learning shows up there).
         curve = [record["test_acc_tasks"] for record in result.history]
-        best = max(result.history, key=lambda r: r["test_acc"])["test_acc_tasks"]
-        train_acc = evaluate(trainer.model, images, labels, nc, crop, device, metric=cfg.metric)
-        return curve[-1], best, train_acc, curve  # type: ignore[return-value]
+        best = dense.best_scores(result.history, kinds)
+        train_acc = evaluate(trainer.model, images, labels, kinds, crop, device, metric=cfg.metric)
+        # Label maps: every score of the last epoch (mIoU and pixel accuracy, depth and angular errors).
+        scores = (score_tasks(trainer.model, test_set.images if test_images is None else test_images, test_set, kinds,
+                              crop, device) if maps else [{} for _ in kinds])
+        return curve[-1], best, train_acc, curve, scores
 
-    def victim(trained_on: str, defense: str, seed: int) -> tuple[list[float], list[float], list[float], list[list[float]]]:
+    def victim(trained_on: str, defense: str, seed: int) -> tuple[Any, ...]:
         """One victim trained on the clean originals or the protected files, under `defense`."""
-        images, labels = (clean_train.images, clean_train.labels) if trained_on == "clean" else (prot_set.images, prot_labels)
+        images, labels = (clean_train.images, clean_y) if trained_on == "clean" else (prot_set.images, prot_y)
+        class_labels = (clean_train if trained_on == "clean" else prot_set).labels[:, cls]
         # A preprocessing defence (grayscale, blur, projection) is the attacker's deployed pipeline too: the
-        # victim is tested on clean test images put through it (ISS; JPEG and bit depth train-only).
-        prepared = prepare(defense, images, labels, nc, test_set.images, seed)
+        # victim is tested on clean test images put through it (ISS; JPEG and bit depth train-only). The projection
+        # is fitted on the classification tasks.
+        prepared = prepare(defense, images, class_labels, [nc[k] for k in cls], test_set.images, seed)
         out = run(prepared.images, labels, f"{trained_on} victim ({defense})"
                   + (f", seed {seed}" if len(seeds) > 1 else ""), test_images=prepared.test_images,
                   batch_transform=prepared.batch_transform, seed=seed)
         on_event("victim", {"trained_on": trained_on, "defense": defense, "seed": seed, "final": out[0], "best": out[1]})
         return out
 
-    def clean_victim(defense: str, seed: int) -> tuple[list[float], list[float], list[list[float]]] | None:
-        """The clean-trained victim's final, best and curve: from the cache, trained, or None (not asked for)."""
+    def clean_victim(defense: str, seed: int) -> tuple[Any, ...] | None:
+        """The clean-trained victim's final, best, curve and scores: from the cache, trained, or None (not asked for)."""
         cache_file = cache_files.get((defense, seed))
         if cache_file is None:  # no --profile: the clean-trained victim is trained without defence only
             return None
         if (defense, seed) in cached:
             found = json.loads(cache_file.read_text())
             log(on_event, f"clean victim ({defense}): cached result reused ({cache_file})")
-            return found["final"], found["best"], found["curve"]
-        final, best, _, curve = victim("clean", defense, seed)
+            return found["final"], found["best"], found["curve"], found.get("scores") or [{} for _ in kinds]
+        final, best, _, curve, scores = victim("clean", defense, seed)
         if cfg.cache:
             cache_file.parent.mkdir(parents=True, exist_ok=True)  # atomic: parallel runs may share the cache
-            write_text(cache_file, json.dumps({"final": final, "best": best, "curve": curve}))
-        return final, best, curve
+            write_text(cache_file, json.dumps({"final": final, "best": best, "curve": curve, "scores": scores}))
+        return final, best, curve, scores
 
-    rows = [TaskRow(spec.names[k], majority[k], 0.0, 0.0, 0.0, 0.0, 0.0, chance=chance[k]) for k in range(len(nc))]
+    rows = [TaskRow(spec.names[k], majority[k], 0.0, 0.0, 0.0, 0.0, 0.0, chance=chance[k], kind=kind.name,
+                    metric=kind.primary, higher_is_better=kind.higher_is_better, trivial=trivial[k],
+                    ratio_threshold=cfg.dense_threshold if kind.dense else None) for k, kind in enumerate(kinds)]
     curves: dict[str, dict[str, list[list[float]]]] = {"clean": {}, "protected": {}}
     for defense in defenses:
         cleans = [c for c in (clean_victim(defense, seed) for seed in seeds) if c is not None]
@@ -192,25 +205,30 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
         for k, row in enumerate(rows):
             row.by_defense_seeds[defense] = [p[0][k] for p in prots]
             row.by_defense[defense] = mean_sd(row.by_defense_seeds[defense])[0]
+            if row.dense:
+                row.scores_by_defense[defense] = dense.mean_scores([p[4][k] for p in prots])
             if cleans:
                 row.clean_by_defense_seeds[defense] = [c[0][k] for c in cleans]
                 row.clean_by_defense[defense] = mean_sd(row.clean_by_defense_seeds[defense])[0]
             if defense == "none":
                 row.clean_acc = row.clean_by_defense[defense]
                 row.clean_best = mean_sd([c[1][k] for c in cleans])[0]
+                row.clean_scores = dense.mean_scores([c[3][k] for c in cleans]) if row.dense else {}
                 row.protected_acc = row.by_defense[defense]
                 row.protected_best, row.protected_train_acc = (mean_sd([p[i][k] for p in prots])[0] for i in (1, 2))
     if cfg.stl:
         for k, row in enumerate(rows):
             weights = torch.nn.functional.one_hot(torch.tensor(k), len(nc)).float()
-            row.stl_clean_acc = run(clean_train.images, clean_train.labels, f"STL clean {row.task}", weights)[0][k]
-            row.stl_protected_acc = run(prot_set.images, prot_labels, f"STL protected {row.task}", weights)[0][k]
+            row.stl_clean_acc = run(clean_train.images, clean_y, f"STL clean {row.task}", weights)[0][k]
+            row.stl_protected_acc = run(prot_set.images, prot_y, f"STL protected {row.task}", weights)[0][k]
     recipe = {"victim": cfg.victim, "stem": cfg.victim_stem, "epochs": cfg.epochs, "milestones": list(milestones),
               "res": res, "crop": crop, "batch_size": cfg.batch_size, "lr": cfg.lr, "weighting": cfg.weighting,
-              "adv_train": cfg.adv_train, "seed": cfg.seed, "victim_seeds": seeds, "metric": cfg.metric, "augment": "per-sample random crop + flip",
+              "adv_train": cfg.adv_train, "seed": cfg.seed, "victim_seeds": seeds, "metric": cfg.metric,
+              "augment": "per-sample random crop + flip" + (", label maps cropped and flipped with their images" if maps else ""),
               "device": str(device), "test": "separate folder" if test is not None else f"seeded split {cfg.test_split}"}
     report = VerifyReport(rows, defenses, len(prot_set), len(test_set), outputs.quality(protected), recipe, cfg.threshold,
-                          curves=curves, detect=detectability)
+                          curves=curves, detect=detectability, notes=notes,
+                          dense_threshold=cfg.dense_threshold if maps else None)
     if cfg.plot is not None and not plot_hint:
         from mtlue_cli.verify.plot import plot_curves
 
@@ -238,6 +256,11 @@ class VerifyRequest:
     seed: int | None = None  # default: protect's --seed, else 0
     skip_bad: bool = False
     workers: int = 2
+    # The originals' label maps (DataConfig's fields); None: what run.json records of them.
+    maps: tuple[str, ...] | None = None
+    map_columns: tuple[str, ...] | None = None
+    ignore_index: int | None = None
+    depth_scale: float | None = None
     save: bool = False  # also write the report to OUT/verify.json (what `publish` puts in the card)
 
 
@@ -259,7 +282,7 @@ def verify_folder(request: VerifyRequest, cfg: VerifyConfig, on_event: OnEvent |
     layout = run.layout if request.layout == "auto" and run.layout else request.layout
     where = dict(labels=request.labels or run.labels_file, layout=layout, tasks=request.tasks or run.tasks,
                  path_column=request.path_column or run.data.get("path_column"), split="all",
-                 skip_bad=request.skip_bad, workers=request.workers)
+                 skip_bad=request.skip_bad, workers=request.workers, **_map_fields(request, run))
     clean = DataConfig(root=clean_root, **where)
     test = None
     if request.test is not None:
@@ -271,6 +294,17 @@ def verify_folder(request: VerifyRequest, cfg: VerifyConfig, on_event: OnEvent |
         except OSError as exc:
             report.notes.append(f"could not write {protected / outputs.VERIFY}: {exc}")
     return report
+
+
+def _map_fields(request: VerifyRequest, run: outputs.RunRecord) -> dict[str, Any]:
+    """The originals' label-map options: the request's where given, else run.json's `data`, else DataConfig's."""
+    out: dict[str, Any] = {}
+    for name in ("maps", "map_columns", "ignore_index", "depth_scale"):
+        value = getattr(request, name)
+        value = run.data.get(name) if value is None else value
+        if value is not None:
+            out[name] = tuple(value) if name in ("maps", "map_columns") else value
+    return out
 
 
 def count_victims(defenses: int, stl_tasks: int = 0, profile: bool = True, seeds: int = 1) -> int:
@@ -290,17 +324,19 @@ def plan_epochs(epochs: int, budget: float, victims: int, seconds_per_epoch: flo
     return max(1, min(epochs, int(budget / (victims * seconds_per_epoch))))
 
 
-def _seconds_per_epoch(cfg: VerifyConfig, nc: list[int], crop: int, device: Any, n: int) -> float:
-    """Time three real training steps (after one warm-up): the cost of one victim epoch, evaluation included."""
+def _seconds_per_epoch(cfg: VerifyConfig, kinds: list[Any], crop: int, device: Any, n: int) -> float:
+    """Time three real training steps (after one warm-up) of the victim these task kinds get (label maps: the dense
+    network): the cost of one victim epoch, evaluation included."""
     import torch
 
-    from mtlue_cli.models.classifiers import MTLClassifier
+    from mtlue_cli.models.dense import build_model
     from mtlue_cli.models.engine import ClassifierTrainer
 
-    trainer = ClassifierTrainer(MTLClassifier(nc, arch=cfg.victim, stem=cfg.victim_stem, image_size=crop), nc,
+    trainer = ClassifierTrainer(build_model(kinds, arch=cfg.victim, stem=cfg.victim_stem, image_size=crop), kinds,
                                 device=device, amp=cfg.amp)
     x = torch.rand(min(cfg.batch_size, n), 3, crop, crop, device=device)
-    y = torch.stack([torch.randint(0, c, (len(x),)) for c in nc], 1).to(device)
+    y = dense.random_targets(kinds, len(x), crop)
+    y = y.to(device) if isinstance(y, torch.Tensor) else [t.to(device) for t in y]
     trainer.step(x, y)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
@@ -325,7 +361,7 @@ def _cache_key(train: MultiTaskImageDataset, test: MultiTaskImageDataset, cfg: V
     # it chose are in the recipe already. The victim's own seed stands in `seed` (the split is in the
     # train/test fingerprints), so a one-seed run keeps the key it had before victim seeds existed.
     recipe = {k: v for k, v in asdict(cfg).items()
-              if k not in ("defenses", "stl", "threshold", "device", "cache", "time_budget", "detect", "plot", "profile",
+              if k not in ("defenses", "stl", "threshold", "dense_threshold", "device", "cache", "time_budget", "detect", "plot", "profile",
                            "seeds", "victim_seed")}
     if seed is not None:
         recipe["seed"] = seed
