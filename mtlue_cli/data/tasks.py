@@ -51,14 +51,6 @@ class TaskSpec:
             return kinds_of(self.num_classes)
         return [kind_named(k, n) for k, n in zip(self.kind_names, self.num_classes)]
 
-    def require_classification(self, command: str) -> None:
-        """Refuse label-map tasks where `command` cannot take them yet (issue 28), before any work starts."""
-        dense = [f"{name} ({kind.name})" for name, kind in zip(self.names, self.kinds) if kind.dense]
-        if dense:
-            raise ConfigError(f"{command} cannot use label maps yet: {', '.join(dense)}. `mtlue inspect` reads them; "
-                              "fitting, protecting and verifying them is being built. Leave those tasks out "
-                              "(--tasks, or a labels file without them) to work on the class labels")
-
     @property
     def binary(self) -> tuple[bool, ...]:
         """Binary tasks get one logit and BCE (method-spec §3.2); the rest get CE."""

@@ -16,9 +16,10 @@ import os
 import platform
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable
+from typing import Any
 
 from mtlue_cli import __version__
 from mtlue_cli.config import DataConfig, ProtectConfig
@@ -338,13 +339,15 @@ class RunRecord:
 def protected_data_config(out: Path, size: int | None = None, **overrides: Any) -> DataConfig:
     """How to read OUT itself: layout csv, OUT/labels.csv, each label-map task of run.json's `label_tasks` as a map
     column (task=kind), its files read as protect read the originals (ignore_index, depth_scale). `size` defaults
-    to the generator's working size; `overrides` are other DataConfig fields (skip_bad, workers, cache, tasks)."""
+    to the generator's working size; `overrides` replace any DataConfig field (skip_bad, workers, cache, tasks; verify
+    names the map columns and their reading from the originals' tasks)."""
     out = Path(out)
     run = read_run(out)
     columns = tuple(f"{name}={entry['kind']}" for name, entry in run.label_tasks.items() if isinstance(entry, dict))
     size = size or run.working_size
-    return DataConfig(root=out, labels=out / LABELS, layout="csv", path_column="path", map_columns=columns,
-                      **run.map_reading, **({"size": size} if size else {}), **overrides)
+    fields = {"root": out, "labels": out / LABELS, "layout": "csv", "path_column": "path", "map_columns": columns,
+              **run.map_reading, **({"size": size} if size else {})}
+    return DataConfig(**{**fields, **overrides})
 
 
 def read_run(out: Path) -> RunRecord:

@@ -26,9 +26,8 @@ def protected_config(clean: DataConfig, spec: TaskSpec, protected: Path, res: in
     task, the path (relative to OUT) of `protect`'s byte-identical copy of the original map; the maps are read as
     the originals are (their void value and depth scale)."""
     columns = tuple(f"{name}={kind.name}" for name, kind in zip(spec.names, spec.kinds) if kind.dense)
-    return DataConfig(root=protected, labels=protected / outputs.LABELS, layout="csv", size=res, map_columns=columns,
-                      ignore_index=clean.ignore_index, depth_scale=clean.depth_scale, skip_bad=clean.skip_bad,
-                      workers=clean.workers)
+    return outputs.protected_data_config(protected, res, map_columns=columns, ignore_index=clean.ignore_index,
+                                         depth_scale=clean.depth_scale, skip_bad=clean.skip_bad, workers=clean.workers)
 
 
 def align(prot: MultiTaskImageDataset, spec: TaskSpec) -> MultiTaskImageDataset:
