@@ -261,3 +261,13 @@ class NormalsMeter:
         import torch
 
         return angle_scores(torch.cat(self.errors) if self.errors else torch.zeros(0))
+
+
+def format_score(value: float, metric: str | None = None) -> str:
+    """A task's score as a card or table shows it: shares (accuracy, pixel accuracy, delta1, within-t) as
+    percentages, mIoU to three places, depth errors to three significant digits, angles in degrees."""
+    if metric in (None, "accuracy", "auc", "pixel_accuracy", "delta1") or str(metric).startswith("within_"):
+        return f"{value:.1%}" if metric != "auc" else f"{value:.3f}"
+    if metric.endswith("_angle"):
+        return f"{value:.1f}°"
+    return f"{value:.3f}" if metric == "miou" else f"{value:.3g}"

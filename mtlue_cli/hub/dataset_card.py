@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 from mtlue_cli.errors import FileProblem
+from mtlue_cli.metrics import format_score
 from mtlue_cli.verify.verdict import broken_text
 
 MANIFEST_COPY, RUN_COPY, VERIFY_COPY = "mtlue-manifest.jsonl", "mtlue-run.json", "mtlue-verify.json"
@@ -50,8 +51,14 @@ def _verify_section(verify: dict[str, Any] | None) -> list[str]:
              "|---|---|---|---|" + "---|" * len(extra)]
     for row in verify.get("tasks", []):
         by = row.get("by_defense") or {}
-        lines.append(f"| {row['task']} | {row['majority']:.1%} | {row['clean_acc']:.1%} | {row['protected_acc']:.1%} | "
-                     + "".join(f"{by[d]:.1%} | " if d in by else "- | " for d in extra))
+        metric = row.get("metric")  # a label map's score (mIoU, depth error, angle); its baseline is the no-skill map
+
+        def cell(value: float, m: str | None = metric) -> str:
+            return format_score(value, m)
+
+        name = row["task"] if metric in (None, "accuracy") else f"{row['task']} ({metric}, no-skill baseline)"
+        lines.append(f"| {name} | {cell(row['majority'])} | {cell(row['clean_acc'])} | {cell(row['protected_acc'])} | "
+                     + "".join(f"{cell(by[d])} | " if d in by else "- | " for d in extra))
     threshold = verify.get("threshold", 5)
     if verify.get("effective"):
         lines += ["", f"Verdict: **effective**: every task within {threshold:g} points of the majority class "

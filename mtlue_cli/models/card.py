@@ -73,7 +73,13 @@ def model_card(config: dict[str, Any], metadata: dict[str, str], record: dict[st
         lines += ["", "## Measured protection (`mtlue verify`)", "",
                   "| task | clean-trained acc | protected-trained acc | majority baseline |", "|---|---|---|---|"]
         for row in verify_report.get("tasks", []):
-            lines.append(f"| {row['task']} | {row['clean_acc']:.1%} | {row['protected_acc']:.1%} | {row['majority']:.1%} |")
+            m = row.get("metric")  # a label map's score (mIoU, depth error, angle) and its no-skill baseline, as is
+
+            def cell(v: float, share: bool = m in (None, "accuracy")) -> str:
+                return f"{v:.1%}" if share else f"{v:.3g}"
+
+            lines.append(f"| {row['task']}{'' if m in (None, 'accuracy') else f' ({m})'} | {cell(row['clean_acc'])} | "
+                         f"{cell(row['protected_acc'])} | {cell(row['majority'])} |")
         lines += ["", f"Recipe: {verify_report.get('recipe', {})}"]
     lines += [
         "", "## Intended use and limits", "",
