@@ -1,8 +1,10 @@
-"""Build the bundled `demo-shapes` generator: make the demo's synthetic set, fit on its training split with
-the default recipe (at the set's 32 px, a fixed epoch count), measure it with `mtlue demo`'s own run, and
+"""Build a bundled demo generator: `demo-shapes` (make the demo's synthetic set, fit on its training split with
+the default recipe at the set's 32 px, a fixed epoch count) or, with `--kind scenes --from GEN`, `demo-scenes` (a
+generator `benchmarks/dense.py --keep GEN` fitted on other scenes); measure it with `mtlue demo`'s own run, and
 write it to pretrained/ with its card and registry entry.
 
     python benchmarks/demo_generator.py --epochs 100        # ~6 min fit + ~2 min demo on 2 CPU cores
+    python benchmarks/demo_generator.py --kind scenes --from /tmp/dense-run/gen-em   # ~4 min demo --dense
 
 The fit leaves out the same seeded 20% that `mtlue demo` holds out as its clean test images, so the
 demo's victims are tested on images the generator never saw.
@@ -20,7 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-ALIAS = "demo-shapes"
+ALIASES = {"shapes": "demo-shapes", "scenes": "demo-scenes"}
 PRETRAINED = HERE.parent / "pretrained"
 
 
@@ -70,53 +72,80 @@ def results_markdown(report, seconds: float) -> str:  # report: demo.DemoReport
     from mtlue_cli.verify.verdict import broken_text
 
     v = report.verify
-    head = "| task | majority (guess) | clean-trained | protected | " + " | ".join(f"+ {d}" for d in v.defenses[1:]) + " |"
+    head = ("| task | majority (guess) / no-skill | clean-trained | protected | "
+            + " | ".join(f"+ {d}" for d in v.defenses[1:]) + " |")
     rows = [head, "|---|---|---|---|" + "---|" * (len(v.defenses) - 1)]
     for t in v.tasks:
+        if t.dense:  # a label map: its metric, and the protection ratio beside each protected figure
+            def cell(value: float, t=t) -> str:
+                ratio = t.ratio(value)
+                return f"{value:.3g} (ratio {'n/a' if ratio is None else f'{ratio:.2f}'})"
+
+            rows.append(f"| {t.task} ({t.metric}) | {t.majority:.3g} | {t.clean_acc:.3g} | **{cell(t.protected_acc)}** | "
+                        + " | ".join(cell(t.by_defense[d]) for d in v.defenses[1:]) + " |")
+            continue
         baseline = f"{t.majority:.1%}" + (f" ({t.baseline:.1%})" if t.baseline > t.majority else "")
         rows.append(f"| {t.task} | {baseline} | {t.clean_acc:.1%} | **{t.protected_acc:.1%}** | "
                     + " | ".join(f"{t.by_defense[d]:.1%}" for d in v.defenses[1:]) + " |")
     verdict = ("effective with no defence and after each squeeze" if v.effective else
                f"NOT effective: {broken_text(v.broken_by)} (above the baseline + {v.threshold:g} points)")
-    return (f"`mtlue demo` with this generator ({seconds:.0f} s on {v.recipe['device']}): victims "
+    return (f"`mtlue demo{' --dense' if any(t.dense for t in v.tasks) else ''}` with this generator ({seconds:.0f} s on {v.recipe['device']}): victims "
             f"{v.recipe['victim']}, {v.recipe['epochs']} epochs at {v.recipe['res']} px, {v.train_images} protected "
             f"training images, {v.test_images} clean held-out test images the generator never saw.\n\n"
             + "\n".join(rows) + f"\n\nVerdict: {verdict}. The threshold counts from each task's majority class, or "
-            "from a uniform guess (in brackets) where the majority class scores less on these test images.")
+            "from a uniform guess (in brackets) where the majority class scores less on these test images; a label "
+            f"map counts as protected at a ratio of {v.dense_threshold or 0.2:g} or less.")
 
 
-def publish(gen: Path, results: str) -> None:
+CARDS = {
+    "shapes": {
+        "title": "MTL-UE generator for mtlue's built-in demo (synthetic shapes)",
+        "training_data": ("{n} synthetic 32-px images made by `mtlue_cli.demo.shapes.make_shapes` (a lighter figure on "
+                          "a coloured background with a soft illumination ramp and sensor-like noise; tasks shape, "
+                          "size, position), the training part of the demo's seeded 80/20 split."),
+        "intended_use": "- `mtlue demo`: showing the whole protect -> verify loop on a machine without data of its own.\n"
+                        "- Not for real photos: it has only seen the demo's synthetic figures.",
+    },
+    "scenes": {
+        "title": "MTL-UE generator for mtlue's built-in dense demo (synthetic scenes with label maps)",
+        "training_data": ("{n} synthetic 32-px scenes made by `mtlue_cli.demo.scenes.make_scenes` (seed 0: spheres, "
+                          "cubes and pyramids on a lit, noisy floor before a wall; tasks count (objects), seg "
+                          "(segmentation map), depth (depth map), normals (surface-normal map)). `mtlue demo --dense` "
+                          "protects other scenes (seed 1)."),
+        "intended_use": "- `mtlue demo --dense`: the protect -> verify loop on label maps without data of one's own.\n"
+                        "- Not for real images: it has only seen the demo's synthetic scenes.",
+    },
+}
+
+
+def publish(gen: Path, results: str, kind: str = "shapes") -> None:
     from mtlue_cli.files import file_sha256
     from mtlue_cli.models.persistence import load_folder, save_generator
 
     model, _, meta = load_folder(gen)
     record = json.loads((gen / "fit_record.json").read_text())
-    record["card"] = {
-        "title": "MTL-UE generator for mtlue's built-in demo (synthetic shapes)",
-        "license": "apache-2.0",
-        "training_data": (f"{record['dataset']['images']} synthetic 32-px images made by `mtlue_cli.demo.shapes.make_shapes` "
-                          "(a lighter figure on a coloured background with a soft illumination ramp and sensor-like "
-                          "noise; tasks shape, size, position), the training part of the demo's seeded 80/20 split."),
-        "intended_use": "- `mtlue demo`: showing the whole protect -> verify loop on a machine without data of its own.\n"
-                        "- Not for real photos: it has only seen the demo's synthetic figures.",
-        "results": results,
-    }
-    out = PRETRAINED / ALIAS
+    card = CARDS[kind]
+    record["card"] = {"title": card["title"], "license": "apache-2.0",
+                      "training_data": card["training_data"].format(n=record["dataset"]["images"]),
+                      "intended_use": card["intended_use"], "results": results}
+    alias = ALIASES[kind]
+    out = PRETRAINED / alias
     save_generator(model, out, meta.get("base_method") or None, record)
     path = PRETRAINED / "registry.json"
     registry = json.loads(path.read_text())
-    registry["aliases"][ALIAS] = {**registry["aliases"].get(ALIAS, {}), "repo_id": f"mtlue/{ALIAS}", "revision": None,
+    registry["aliases"][alias] = {**registry["aliases"].get(alias, {}), "repo_id": f"mtlue/{alias}", "revision": None,
                                   "sha256": file_sha256(out / "model.safetensors"), "image_size": model.image_size,
-                                  "tasks": model.tasks, "bundled": ALIAS}
+                                  "tasks": model.tasks, "bundled": alias}
     path.write_text(json.dumps(registry, indent=2) + "\n")
-    print(f"wrote {out} and the registry entry {ALIAS!r}")
+    print(f"wrote {out} and the registry entry {alias!r}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default=str(HERE / "_work" / "demo-generator"))
     parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--images", type=int, default=1000, help="the demo's set size (`mtlue demo --images`)")
+    parser.add_argument("--kind", choices=sorted(ALIASES), default="shapes")
+    parser.add_argument("--images", type=int, default=None, help="the demo's set size (`mtlue demo --images`)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--from", dest="source", default=None, help="measure and ship this fitted generator folder")
@@ -127,21 +156,30 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     work = Path(args.work)
-    gen = Path(args.source) if args.source else fit(work, args.epochs, args.device, args.images)
+    if args.kind == "scenes" and not args.source:
+        parser.error("--kind scenes needs --from: a generator benchmarks/dense.py fitted and kept (--keep)")
+    images = args.images or (1000 if args.kind == "shapes" else None)
+    gen = Path(args.source) if args.source else fit(work, args.epochs, args.device, images)
     started = time.time()
-    report = run_demo(work, generator=str(gen), images=args.images, device=args.device, plot=False)
+    report = run_demo(work, generator=str(gen), images=images, device=args.device, plot=False, kind=args.kind)
     results = results_markdown(report, time.time() - started)
-    publish(gen, results)
+    publish(gen, results, args.kind)
     from run import machine
     from strength import write_section
 
     record = json.loads((gen / "fit_record.json").read_text())["result"]
     command = "python benchmarks/" + Path(sys.argv[0]).name + " " + " ".join(sys.argv[1:])
-    write_section("demo", f"## `mtlue demo` (bundled `demo-shapes`)\n\n`{command}` "
-                  f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n\nMachine: {machine()}\n\n"
+    stamp = f"`{command}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n\nMachine: {machine()}"
+    if args.kind == "scenes":
+        write_section("demo-dense", f"## `mtlue demo --dense` (bundled `demo-scenes`)\n\n{stamp}\n\nGenerator: "
+                      f"{record['config']['method'].upper()} fitted by benchmarks/dense.py on {record['dataset']['images']} "
+                      f"scenes of seed 0, {record['epochs_run']} epochs ({record['seconds']:.0f} s); the demo protects "
+                      f"{report.protect.written} other scenes (seed 1).\n\n{results}")
+        return
+    write_section("demo", f"## `mtlue demo` (bundled `demo-shapes`)\n\n{stamp}\n\n"
                   f"Generator: the default recipe at the set's 32 px, {record['epochs_run']} epochs fixed "
                   f"({record['seconds']:.0f} s), on the {report.protect.written} training images of the demo's "
-                  f"{args.images}.\n\n{results}\n\n{DESIGN.strip()}")
+                  f"{images}.\n\n{results}\n\n{DESIGN.strip()}")
 
 
 if __name__ == "__main__":
