@@ -177,9 +177,13 @@ def test_demo_is_one_call_and_exits_by_the_verdict(monkeypatch, tmp_path) -> Non
     _forbid(monkeypatch, "mtlue_cli.protect.protect.protect_dataset", "mtlue_cli.verify.run.verify")
     result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--images", "40", "--device", "cpu", "-q"], env=ENV)
     assert result.exit_code == 4, result.output
-    assert call.calls == [((tmp_path,), dict(generator="demo-shapes", images=40, epochs=12, device="cpu", seed=0, plot=True))]
+    # left None, the generator and the epochs are the demo's own (demo.run.DEMOS)
+    assert call.calls == [((tmp_path,), dict(generator=None, images=40, epochs=None, device="cpu", seed=0, plot=True,
+                                             kind="shapes"))]
     result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--no-plot", "-q"], env=ENV)
     assert call.calls[-1][1]["plot"] is False
+    runner.invoke(app, ["demo", "--out", str(tmp_path), "--dense", "-q"], env=ENV)
+    assert call.calls[-1][1]["kind"] == "scenes"
 
 
 def test_export_is_one_call_with_its_config(monkeypatch, tmp_path) -> None:
