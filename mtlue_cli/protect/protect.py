@@ -363,7 +363,7 @@ def protect_with_fit(data: DataConfig, out: Path, fit_cfg: FitConfig, cfg: Prote
     if cfg.resume and (gen_dir / WEIGHTS).is_file():
         log(on_event, f"--resume: reusing the generator fitted before in {gen_dir}")
     else:
-        table = read_labels(data)  # label maps: fit_folder says whether it can fit on them
+        table = read_labels(data)
         holdout = held_out(table.records, cfg.holdout, cfg.seed)  # the same split protect leaves out
         log(on_event, f"no --generator: fitting one on the {len(table.records) - len(holdout)} labelled images to "
             f"protect (recipe written to {gen_dir / 'fit_record.json'})")
