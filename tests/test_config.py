@@ -237,6 +237,7 @@ def test_cli_fit_with_a_bad_option_is_a_usage_error_before_any_work(tmp_path, wo
 
 def test_decorrelate_is_checked_and_reaches_the_generator():
     from mtlue_cli.config import DECORRELATIONS
+    from mtlue_cli.data.tasks import TaskSpec
     from mtlue_cli.fit.loop import _build_generator
     from mtlue_cli.fit.methods import METHODS
 
@@ -244,12 +245,8 @@ def test_decorrelate_is_checked_and_reaches_the_generator():
     with pytest.raises(ConfigError, match="decorrelate"):
         FitConfig(decorrelate="phase")
 
-    class Spec:
-        def to_dict(self):
-            return {"a": ["0", "1"], "b": ["x", "y", "z"]}
-
     class Data:
-        spec = Spec()
+        spec = TaskSpec(("a", "b"), (("0", "1"), ("x", "y", "z")))
 
     for mode in DECORRELATIONS:
         g = _build_generator(Data(), FitConfig(image_size=16, decorrelate=mode), METHODS["tap"], 1)
