@@ -72,8 +72,8 @@ def results_markdown(report, seconds: float) -> str:  # report: demo.DemoReport
     from mtlue_cli.verify.verdict import broken_text
 
     v = report.verify
-    head = ("| task | majority (guess) / no-skill | clean-trained | protected | "
-            + " | ".join(f"+ {d}" for d in v.defenses[1:]) + " |")
+    head = ("| task | majority (guess) / no-skill | clean-trained | protected |"
+            + "".join(f" + {d} |" for d in v.defenses[1:]))
     rows = [head, "|---|---|---|---|" + "---|" * (len(v.defenses) - 1)]
     for t in v.tasks:
         if t.dense:  # a label map: its metric, and the protection ratio beside each protected figure
@@ -81,14 +81,15 @@ def results_markdown(report, seconds: float) -> str:  # report: demo.DemoReport
                 ratio = t.ratio(value)
                 return f"{value:.3g} (ratio {'n/a' if ratio is None else f'{ratio:.2f}'})"
 
-            rows.append(f"| {t.task} ({t.metric}) | {t.majority:.3g} | {t.clean_acc:.3g} | **{cell(t.protected_acc)}** | "
-                        + " | ".join(cell(t.by_defense[d]) for d in v.defenses[1:]) + " |")
+            rows.append(f"| {t.task} ({t.metric}) | {t.majority:.3g} | {t.clean_acc:.3g} | **{cell(t.protected_acc)}** |"
+                        + "".join(f" {cell(t.by_defense[d])} |" for d in v.defenses[1:]))
             continue
         baseline = f"{t.majority:.1%}" + (f" ({t.baseline:.1%})" if t.baseline > t.majority else "")
-        rows.append(f"| {t.task} | {baseline} | {t.clean_acc:.1%} | **{t.protected_acc:.1%}** | "
-                    + " | ".join(f"{t.by_defense[d]:.1%}" for d in v.defenses[1:]) + " |")
+        rows.append(f"| {t.task} | {baseline} | {t.clean_acc:.1%} | **{t.protected_acc:.1%}** |"
+                    + "".join(f" {t.by_defense[d]:.1%} |" for d in v.defenses[1:]))
     verdict = ("effective with no defence and after each squeeze" if v.effective else
-               f"NOT effective: {broken_text(v.broken_by)} (above the baseline + {v.threshold:g} points)")
+               f"NOT effective: {broken_text(v.broken_by)} (a class task above its baseline + {v.threshold:g} points, "
+               "a label map above its ratio threshold)")
     return (f"`mtlue demo{' --dense' if any(t.dense for t in v.tasks) else ''}` with this generator ({seconds:.0f} s on {v.recipe['device']}): victims "
             f"{v.recipe['victim']}, {v.recipe['epochs']} epochs at {v.recipe['res']} px, {v.train_images} protected "
             f"training images, {v.test_images} clean held-out test images the generator never saw.\n\n"
@@ -167,12 +168,13 @@ def main() -> None:
     from run import machine
     from strength import write_section
 
-    record = json.loads((gen / "fit_record.json").read_text())["result"]
+    full = json.loads((gen / "fit_record.json").read_text())
+    record = full["result"]
     command = "python benchmarks/" + Path(sys.argv[0]).name + " " + " ".join(sys.argv[1:])
     stamp = f"`{command}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n\nMachine: {machine()}"
     if args.kind == "scenes":
         write_section("demo-dense", f"## `mtlue demo --dense` (bundled `demo-scenes`)\n\n{stamp}\n\nGenerator: "
-                      f"{record['config']['method'].upper()} fitted by benchmarks/dense.py on {record['dataset']['images']} "
+                      f"{full['config']['method'].upper()} fitted by benchmarks/dense.py on {full['dataset']['images']} "
                       f"scenes of seed 0, {record['epochs_run']} epochs ({record['seconds']:.0f} s); the demo protects "
                       f"{report.protect.written} other scenes (seed 1).\n\n{results}")
         return

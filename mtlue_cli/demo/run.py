@@ -34,7 +34,7 @@ DEMOS = {
     # A dense victim's step costs ~10x a classifier's at 32 px: the set, the batch and one protected victim (no
     # squeeze) keep the demo within ~4 minutes on 2 CPU cores (issue 28); `mtlue verify OUT/protected` measures the
     # squeezes too, and benchmarks/RESULTS.md has them.
-    "scenes": DemoSet("demo-scenes", 750, 14, 32, ("none",)),
+    "scenes": DemoSet("demo-scenes", 600, 12, 32, ("none",)),
 }
 
 
