@@ -256,7 +256,7 @@ def render_aliases(registry: dict[str, dict[str, Any]]) -> None:
         table.add_column(col)
     for alias, entry in registry.items():
         table.add_row(alias, entry["repo_id"], (entry.get("revision") or "bundled only")[:12], str(entry["image_size"]),
-                      ", ".join(f"{k}({len(v)})" for k, v in entry["tasks"].items()))
+                      ", ".join(f"{k}({len(v) or 'map'})" for k, v in entry["tasks"].items()))  # no classes: a depth/normals map
     console.print(table)
 
 
