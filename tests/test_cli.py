@@ -142,7 +142,7 @@ def test_missing_data_is_exit_1(tmp_path):
 def test_export_list_shows_the_bundled_alias():
     result = runner.invoke(app, ["export", "--list"], env={"COLUMNS": "200"})
     assert result.exit_code == 0 and "demo-shapes" in result.output
-    assert "seg(4), depth(map), normals(map)" in result.output  # demo-scenes: a map task has no class count
+    assert "depth(map)" in result.output  # demo-scenes: a map task has no class count
 
 
 def test_torchrun_two_gloo_processes_write_one_generator(tmp_path):
