@@ -174,16 +174,21 @@ def angle_scores(errors: torch.Tensor) -> dict[str, float]:
 DELTA1 = 1.25  # depth "accuracy": the share of valid pixels with max(d / d*, d* / d) < 1.25 (Eigen et al. 2014)
 
 
-def depth_error_sums(pred: torch.Tensor, target: torch.Tensor) -> tuple[float, float, int, int]:
-    """Sums of |d - d*| and |d - d*| / d* over the valid pixels (d* > 0), the pixels within DELTA1 (a prediction
-    <= 0 never is) and their count."""
+def within_delta1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Whether each predicted depth is within DELTA1 of its (valid, > 0) target: max(d / d*, d* / d) < 1.25; a
+    prediction <= 0 never is. Same shapes in and out."""
     import torch
 
+    t = target.clamp(min=1e-12)
+    return (pred > 0) & (torch.maximum(pred / t, t / pred.clamp(min=1e-12)) < DELTA1)
+
+
+def depth_error_sums(pred: torch.Tensor, target: torch.Tensor) -> tuple[float, float, int, int]:
+    """Sums of |d - d*| and |d - d*| / d* over the valid pixels (d* > 0), the pixels within DELTA1 and their count."""
     valid = target > 0
     d, t = pred.double()[valid], target.double()[valid]
     err = (d - t).abs()
-    within = (d > 0) & (torch.maximum(d / t.clamp(min=1e-12), t / d.clamp(min=1e-12)) < DELTA1)
-    return float(err.sum()), float((err / t).sum()), int(within.sum()), int(valid.sum())
+    return float(err.sum()), float((err / t).sum()), int(within_delta1(d, t).sum()), int(valid.sum())
 
 
 def protection_ratio(protected: float, clean: float, trivial: float, higher_is_better: bool) -> float | None:

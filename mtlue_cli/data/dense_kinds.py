@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mtlue_cli.metrics import ANGLE_THRESHOLDS, DELTA1, DepthMeter, NormalsMeter, SegmentationMeter
+from mtlue_cli.metrics import (
+    ANGLE_THRESHOLDS,
+    DepthMeter,
+    NormalsMeter,
+    SegmentationMeter,
+    angular_errors,
+    within_delta1,
+)
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -194,13 +201,9 @@ class Depth(_Dense):
 
     def agree(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """(pixels within delta1, valid pixels): the parts of `delta1`."""
-        import torch
-
         t = target.to(pred.device).float()
         valid = t > 0
-        d = pred.float()
-        ratio = torch.maximum(d / t.clamp(min=1e-12), t / d.clamp(min=1e-12))
-        return (valid & (d > 0) & (ratio < DELTA1)).sum().float(), valid.sum().float()
+        return (valid & within_delta1(pred.float(), t)).sum().float(), valid.sum().float()
 
     def trivial_predictions(self, train: Tensor) -> dict[str, Tensor]:
         """The median training depth (it minimises L1) over all valid pixels and at each pixel; torch's median, the
@@ -264,14 +267,8 @@ class Normals(_Dense):
 
     def agree(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """(pixels within 11.25 degrees, valid pixels): the parts of `within_11.25`."""
-        import math
-
-        import torch.nn.functional as F
-
-        t = target.to(pred.device).float()
-        valid = t.abs().sum(1) > 0
-        cos = (F.normalize(pred.float(), dim=1) * t).sum(1)
-        return (valid & (cos > math.cos(math.radians(ANGLE_THRESHOLDS[0])))).sum().float(), valid.sum().float()
+        errors = angular_errors(pred, target.to(pred.device))  # (n_valid,) degrees
+        return (errors < ANGLE_THRESHOLDS[0]).sum().float(), errors.new_tensor(float(errors.numel()))
 
     def trivial_predictions(self, train: Tensor) -> dict[str, Tensor]:
         """The normalised mean training normal over all valid pixels and at each pixel. Each (3, S, S)."""

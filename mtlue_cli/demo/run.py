@@ -38,15 +38,17 @@ DEMOS = {
 }
 
 
-def _make(kind: str, data_dir: Path, n: int, seed: int) -> DataConfig:
-    """Write the set (once) and say how to read it."""
+def _write(kind: str, data_dir: Path, n: int, seed: int) -> None:
     if kind == "shapes":
-        if not (data_dir / "labels.csv").is_file():
-            make_shapes(data_dir, n=n, seed=seed)
-        return DataConfig(root=data_dir / "images", labels=data_dir / "labels.csv")
-    # Other scenes than the bundled generator was fitted on (benchmarks/dense.py: seed 0): protection of new images.
-    if not (data_dir / "labels.csv").is_file():
+        make_shapes(data_dir, n=n, seed=seed)
+    else:  # other scenes than the bundled generator was fitted on (benchmarks/dense.py: seed 0): new images
         make_scenes(data_dir, n=n, seed=seed + 1)
+
+
+def _data(kind: str, data_dir: Path) -> DataConfig:
+    """How the set is read: its labels.csv, and the scenes' label maps (depth in millimetre PNGs)."""
+    if kind == "shapes":
+        return DataConfig(root=data_dir / "images", labels=data_dir / "labels.csv")
     return DataConfig(root=data_dir / "images", labels=data_dir / "labels.csv", depth_scale=1000,
                       maps=(f"seg=segmentation:{data_dir / 'segmentation'}", f"depth=depth:{data_dir / 'depth'}",
                             f"normals=normals:{data_dir / 'normals'}"))
@@ -76,9 +78,10 @@ def run_demo(out: Path, generator: str | None = None, images: int | None = None,
     generator, images, epochs = generator or demo.generator, images or demo.images, epochs or demo.epochs
     out = Path(out)
     data_dir = out / "data"
-    if not (data_dir / "labels.csv").is_file():
+    if not (data_dir / "labels.csv").is_file():  # written last by both: its presence means the set is complete
         log(on_event, f"writing {images} synthetic {kind} to {data_dir / 'images'}")
-    data = _make(kind, data_dir, images, seed)
+        _write(kind, data_dir, images, seed)
+    data = _data(kind, data_dir)
     protected = out / "protected"
     protect_cfg = ProtectConfig(holdout=0.2, seed=seed, device=device, overwrite=True, preview=6)
     protect_report = protect_dataset(load_generator(generator), data, protected, protect_cfg, on_event)

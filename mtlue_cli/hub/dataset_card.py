@@ -51,14 +51,11 @@ def _verify_section(verify: dict[str, Any] | None) -> list[str]:
              "|---|---|---|---|" + "---|" * len(extra)]
     for row in verify.get("tasks", []):
         by = row.get("by_defense") or {}
-        metric = row.get("metric")  # a label map's score (mIoU, depth error, angle); its baseline is the no-skill map
-
-        def cell(value: float, m: str | None = metric) -> str:
-            return format_score(value, m)
-
-        name = row["task"] if metric in (None, "accuracy") else f"{row['task']} ({metric}, no-skill baseline)"
-        lines.append(f"| {name} | {cell(row['majority'])} | {cell(row['clean_acc'])} | {cell(row['protected_acc'])} | "
-                     + "".join(f"{cell(by[d])} | " if d in by else "- | " for d in extra))
+        m = row.get("metric")  # a label map's score (mIoU, depth error, angle); its baseline is the no-skill map
+        name = row["task"] if m in (None, "accuracy") else f"{row['task']} ({m}, no-skill baseline)"
+        lines.append(f"| {name} | {format_score(row['majority'], m)} | {format_score(row['clean_acc'], m)} | "
+                     f"{format_score(row['protected_acc'], m)} | "
+                     + "".join(f"{format_score(by[d], m)} | " if d in by else "- | " for d in extra))
     threshold = verify.get("threshold", 5)
     if verify.get("effective"):
         lines += ["", f"Verdict: **effective**: every task within {threshold:g} points of the majority class "

@@ -74,12 +74,8 @@ def model_card(config: dict[str, Any], metadata: dict[str, str], record: dict[st
                   "| task | clean-trained acc | protected-trained acc | majority baseline |", "|---|---|---|---|"]
         for row in verify_report.get("tasks", []):
             m = row.get("metric")  # a label map's score (mIoU, depth error, angle) and its no-skill baseline, as is
-
-            def cell(v: float, share: bool = m in (None, "accuracy")) -> str:
-                return f"{v:.1%}" if share else f"{v:.3g}"
-
-            lines.append(f"| {row['task']}{'' if m in (None, 'accuracy') else f' ({m})'} | {cell(row['clean_acc'])} | "
-                         f"{cell(row['protected_acc'])} | {cell(row['majority'])} |")
+            lines.append(f"| {row['task']}{'' if m in (None, 'accuracy') else f' ({m})'} | {_cell(row['clean_acc'], m)} | "
+                         f"{_cell(row['protected_acc'], m)} | {_cell(row['majority'], m)} |")
         lines += ["", f"Recipe: {verify_report.get('recipe', {})}"]
     lines += [
         "", "## Intended use and limits", "",
@@ -94,3 +90,9 @@ def model_card(config: dict[str, Any], metadata: dict[str, str], record: dict[st
         lines += ["", "## Licence", "", card["license_text"]]
     lines += [""]
     return "\n".join(lines)
+
+
+def _cell(value: float, metric: str | None) -> str:
+    """A verify figure: a percentage for accuracy, a label map's own value (mIoU, depth error, angle) otherwise.
+    (The card imports nothing from the package, so not `metrics.format_score`.)"""
+    return f"{value:.1%}" if metric in (None, "accuracy") else f"{value:.3g}"

@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from mtlue_cli import __version__
-from mtlue_cli.config import DataConfig, ProtectConfig
+from mtlue_cli.config import DataConfig, ProtectConfig, map_spec
 from mtlue_cli.errors import ConfigError
 from mtlue_cli.files import atomic_write, write_text
 
@@ -246,8 +246,7 @@ def run_record(*, generator: dict[str, Any], epsilon: float, tasks: dict[str, li
 
 def _absolute_map(spec: str) -> str:
     """A `maps` entry with its folder made absolute: run.json is read from wherever verify runs."""
-    task, _, rest = spec.partition("=")
-    kind, _, folder = rest.partition(":")
+    task, kind, folder = map_spec(spec)
     return f"{task}={kind}:{Path(folder).expanduser().absolute()}"
 
 
@@ -323,7 +322,6 @@ class RunRecord:
                         map_columns=tuple(self.data.get("map_columns") or ()))
         recorded.update({k: v for k, v in overrides.items() if v is not None})
         return DataConfig(**recorded)
-
 
     @property
     def map_reading(self) -> dict[str, Any]:
