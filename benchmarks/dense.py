@@ -122,6 +122,24 @@ def protect_images(generator: Any, data: MultiTaskImageDataset, batch: int = 64)
     return out
 
 
+def label_code_images(data: MultiTaskImageDataset, epsilon: float = 8 / 255, seed: int = 0) -> torch.Tensor:
+    """x + a hand-made per-pixel code of the labels, rounded to uint8 (`--methods code`): a random colour per
+    segmentation class, the standardised depth (within ±2 sd) as luminance, a fixed random colour mix of the normal;
+    summed and scaled so each image's largest |δ| is ε. No generator: whether ANY 8/255 δ keyed to the maps is a
+    shortcut the victim takes."""
+    gen = torch.Generator().manual_seed(seed)
+    colours = torch.rand(4, 3, generator=gen) * 2 - 1  # one per segmentation class (the scenes have 4)
+    mix = torch.randn(3, 3, generator=gen)  # normal -> colour
+    _, seg, depth, normals = data.targets(range(len(data)))
+    code = colours[seg.clamp(min=0)].permute(0, 3, 1, 2) * (seg >= 0).unsqueeze(1)  # (N, 3, S, S)
+    d = depth[:, 0]
+    valid = d[d > 0]
+    code = code + torch.where(d > 0, (d - valid.mean()) / valid.std(), torch.zeros_like(d)).clamp(-2, 2).unsqueeze(1) / 2
+    code = code + torch.einsum("ij,bjhw->bihw", mix, normals) / 3
+    code = code / code.abs().amax(dim=(1, 2, 3), keepdim=True).clamp(min=1e-6)
+    return ((data.images.float() / 255 + epsilon * code).clamp(0, 1) * 255).round().to(torch.uint8)
+
+
 def ratios(scores: dict[str, dict[str, float]], clean: dict[str, dict[str, float]], base: dict[str, dict[str, float]],
            kinds: dict[str, Any]) -> dict[str, float | None]:
     return {t: protection_ratio(scores[t][k.primary], clean[t][k.primary], base[t][k.primary], k.higher_is_better)
@@ -173,7 +191,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--fair", action="store_true", help="only the clean victim against the trivial predictors")
-    parser.add_argument("--methods", default="tap,em")
+    parser.add_argument("--methods", default="tap,em", help="comma list of em, tap, sep and code (no generator: a "
+                        "hand-made 8/255 label code)")
     parser.add_argument("--fit", action="append", default=[], metavar="FIELD=VALUE", help="override a FitConfig field")
     parser.add_argument("--defenses", default="none,grayscale,jpeg10,bdr2")
     parser.add_argument("--keep", default=None, help="save the first method's generator to this folder")
@@ -230,15 +249,19 @@ def protection_run(method: str, args: argparse.Namespace, train: MultiTaskImageD
     from mtlue_cli.models.persistence import load_generator
     from mtlue_cli.verify.defenses import parse_defense
 
-    fields = {"method": method, "image_size": args.size, "stem": "cifar", "width": 32, "batch_size": 32, "epochs": 30,
-                  "surrogate_epochs": args.epochs, "bound": "tanh", "robust": SQUEEZES, "device": "cpu", "seed": args.seed}
-    fields.update({k: ast.literal_eval(v) for k, v in (item.split("=", 1) for item in args.fit)})
-    out = Path(args.keep) if args.keep and method == args.methods.split(",")[0] else Path(args.work) / f"gen-{method}"
-    started = time.time()
-    result = fit_generator(train, FitConfig(**fields), out, on_event=_log)
-    fit_seconds = time.time() - started
-    generator = load_generator(str(out)).model
-    protected = protect_images(generator, train)
+    if method == "code":  # no generator: the hand-made label code, the control of what any keyed δ could do
+        fields, fit_seconds, epochs, stop_reason = {}, 0.0, 0, "no generator: a hand-made label code"
+        protected = label_code_images(train)
+    else:
+        fields = {"method": method, "image_size": args.size, "stem": "cifar", "width": 32, "batch_size": 32,
+                  "epochs": 30, "surrogate_epochs": args.epochs, "bound": "tanh", "robust": SQUEEZES, "device": "cpu",
+                  "seed": args.seed}
+        fields.update({k: ast.literal_eval(v) for k, v in (item.split("=", 1) for item in args.fit)})
+        out = Path(args.keep) if args.keep and method == args.methods.split(",")[0] else Path(args.work) / f"gen-{method}"
+        started = time.time()
+        result = fit_generator(train, FitConfig(**fields), out, on_event=_log)
+        fit_seconds, epochs, stop_reason = time.time() - started, result.epochs_run, result.stop_reason
+        protected = protect_images(load_generator(str(out)).model, train)
     delta = (protected.float() - train.images.float()).abs().max() / 255
     runs: dict[str, Any] = {}
     for name in args.defenses.split(","):
@@ -246,8 +269,8 @@ def protection_run(method: str, args: argparse.Namespace, train: MultiTaskImageD
         images = protected if squeeze is None else squeeze(protected)
         runs[name] = train_victim(train, images, test, args.epochs, args.batch, args.seed)
         print(method, name, json.dumps(runs[name]), flush=True)
-    return {"method": method, "fit": fields, "fit_seconds": fit_seconds, "epochs": result.epochs_run,
-            "stop_reason": result.stop_reason, "max_delta_255": float(delta * 255), "clean": clean,
+    return {"method": method, "fit": fields, "fit_seconds": fit_seconds, "epochs": epochs,
+            "stop_reason": stop_reason, "max_delta_255": float(delta * 255), "clean": clean,
             "trivial": baseline, "protected": runs, "ratios": {d: ratios(s, clean, baseline, kinds) for d, s in runs.items()}}
 
 
