@@ -26,6 +26,14 @@ def integer(name: str, value: Any, low: int, high: int | None = None, optional: 
         raise bad(name, value, allowed + (", or none" if optional else ""))
 
 
+def integers(name: str, values: Any, low: int, high: int, most: int) -> None:
+    """1 to `most` different integers, each from `low` to `high` (e.g. --clusters 2,5,10)."""
+    if not values or len(values) > most or len(set(values)) < len(values):
+        raise bad(name, ",".join(map(str, values or ())) or "none", f"1 to {most} different integers, e.g. 2,5,10")
+    for value in values:
+        integer(name, value, low, high)
+
+
 def number(name: str, value: Any, low: float, high: float = math.inf, *, low_open: bool = False,
             high_open: bool = False, optional: bool = False, shown: str = "") -> None:
     """`value` in the interval from `low` to `high`, each end open or closed (shown as `shown` if given)."""

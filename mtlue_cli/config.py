@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from mtlue_cli.checks import bad as _bad
 from mtlue_cli.checks import choice as _choice
 from mtlue_cli.checks import integer as _integer
+from mtlue_cli.checks import integers as _integers
 from mtlue_cli.checks import milestones as _milestones
 from mtlue_cli.checks import number as _number
 from mtlue_cli.errors import ConfigError
@@ -32,8 +33,8 @@ EXTRA_SQUEEZES = ("ueraser", "op")
 EPSILON_PRESETS: dict[str, float] = {"low": 4 / 255, "medium": 8 / 255, "high": 16 / 255}
 MAX_EPSILON = 64 / 255  # the largest budget any option or generator config may ask for
 
-# nyuv2: .npy per sample under image/ label/ depth/ normal/ (mtan, LibMTL); maps: images labelled by `maps` only.
-LAYOUTS = ("auto", "csv", "folder", "utkface", "celeba", "nyuv2", "maps")
+# nyuv2: .npy per sample (mtan, LibMTL); maps: images labelled by `maps` only; unlabelled: no labels (issue 30).
+LAYOUTS = ("auto", "csv", "folder", "utkface", "celeba", "nyuv2", "maps", "unlabelled")
 DENSE_KINDS = ("segmentation", "depth", "normals")  # label-map task kinds (data.dense_kinds)
 SPLITS = ("train", "valid", "test", "all")  # CelebA partitions
 CACHES = ("auto", "memory", "mmap")
@@ -187,6 +188,7 @@ class FitConfig:
     paired_surrogates: bool = False
     time_budget: float | None = None  # seconds for the whole fit; the epochs (at most `epochs`) are planned to fit
     stop_acc: float | None = None  # stop once the surrogate's mean true-label accuracy on x+δ is at most this
+    clusters: tuple[int, ...] = (2, 5, 10)  # layout unlabelled (issue 30): k-means pseudo-tasks of that many clusters
     seed: int = 0
     device: str = "auto"
     amp: str = "auto"  # auto|bf16|fp16|off (autocast on CUDA only)
@@ -224,6 +226,7 @@ class FitConfig:
         _choice("width", self.width, WIDTHS)
         for squeeze in self.robust:
             _choice("robust", squeeze, SQUEEZES + EXTRA_SQUEEZES)
+        _integers("clusters", self.clusters, 2, 1000, most=8)  # issue 30: up to 8 pseudo-tasks of 2-1000 clusters
         if self.robust_surrogate and not self.robust:
             raise ConfigError("--robust-surrogate trains the surrogate on the --robust squeezes: give some")
         if self.paired_surrogates and not self.robust_surrogate:
@@ -247,6 +250,7 @@ class ProtectConfig:
     workers: int = 0  # decode/encode threads; 0: the cores this process may use (protect.threads.resolve_workers)
     preview: int = 0
     holdout: float = 0.0  # fraction left out (the clean test split of `verify --test-split`)
+    predict_labels: bool = True  # tasks the labels lack: predicted by the generator's labeller when it has one
     seed: int = 0
     device: str = "auto"
     amp: str = "auto"
@@ -291,9 +295,7 @@ class VerifyConfig:
     dense_threshold: float = 0.2
     metric: str = "acc"  # acc|auc (§6.4: mean AUC for multi-label binary data such as ChestX-ray14)
     seed: int = 0  # the clean test split's seed (protect's --holdout seed), and the first victim's
-    # Victims per (defence, clean/protected), seeded victim_seed .. victim_seed + seeds - 1 on the same split; the
-    # verdict reads their mean and flags a task within one sd of its threshold (verdict.py).
-    seeds: int = 1
+    seeds: int = 1  # victims per defence and side, seeded victim_seed.. on one split; their mean is judged (verdict.py)
     victim_seed: int | None = None  # None: `seed` (benchmarks vary the victims' seeds apart from the split's)
     device: str = "auto"
     amp: str = "auto"
@@ -307,9 +309,8 @@ class VerifyConfig:
         if self.crop is not None:  # else the crop follows the images' size (verify)
             _patches("victim", self.victim, self.crop)
         _choice("victim_stem", self.victim_stem, CLASSIFIER_STEMS)
-        _integer("epochs", self.epochs, 1)
-        _integer("batch_size", self.batch_size, 1)
-        _integer("seeds", self.seeds, 1)
+        for name in ("epochs", "batch_size", "seeds"):
+            _integer(name, getattr(self, name), 1)
         _integer("victim_seed", self.victim_seed, 0, optional=True)
         _milestones("milestones", self.milestones)
         _integer("res", self.res, MIN_SIZE, optional=True)

@@ -357,11 +357,18 @@ def test_detect_and_read_labels_celeba(tmp_path, make_image, attr_name) -> None:
     assert table.layout == "celeba" and table.spec.names == ("5_o_Clock_Shadow", "Male", "Smiling")
 
 
-def test_detect_layout_undecidable(tmp_path, make_image) -> None:
+def test_detect_layout_unlabelled(tmp_path, make_image) -> None:
+    # A flat folder of images with no labels file: the label-free path (issue 30), every image listed, no task.
     make_image(tmp_path / "cat.png")
     make_image(tmp_path / "dog.png")
-    with pytest.raises(DatasetError, match="cannot tell how the images are labelled"):
-        detect_layout(tmp_path, None)
+    assert detect_layout(tmp_path, None) == "unlabelled"
+    table = read_labels(DataConfig(root=tmp_path))
+    assert table.layout == "unlabelled" and table.spec.names == () and [r.path for r in table.records] == ["cat.png", "dog.png"]
+    assert all(r.labels == () for r in table.records)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DatasetError, match="no images found"):
+        detect_layout(empty, None)
 
 
 def test_read_labels_bad_root_and_layout(tmp_path, make_image) -> None:

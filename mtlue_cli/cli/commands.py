@@ -14,6 +14,7 @@ import typer
 
 from mtlue_cli.cli.options import (
     AmpOpt,
+    ClustersOpt,
     DataArg,
     DebugOpt,
     DeviceOpt,
@@ -28,6 +29,7 @@ from mtlue_cli.cli.options import (
     app,
     names,
     option_groups,
+    parse_clusters,
     parse_duration,
     parse_epsilon,
 )
@@ -37,6 +39,7 @@ from mtlue_cli.cli.render import (
     errors,
     out_console,
     rank0_talks,
+    render_clusters,
     render_fit,
     render_inspect,
     render_protect,
@@ -62,21 +65,32 @@ def inspect(
     read: ReadOptions = ReadOptions(),
     label_maps: MapOptions = MapOptions(),
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
+    clusters: ClustersOpt = None,
+    sheet: Annotated[Optional[Path], typer.Option(help="Images without labels: write a contact sheet of each cluster's members to this PNG.")] = None,
     workers: WorkersOpt = 2,
     debug: DebugOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Dry run: tasks, classes, counts, image modes and problems, before any training."""
+    """Dry run: tasks, classes, counts, image modes and problems, before any training. For images without labels:
+    the k-means clusters `fit` would train on (--clusters), with a contact sheet of their members (--sheet)."""
     with errors(debug):
         from mtlue_cli.data.inspect import inspect_dataset
 
         cfg = dataclasses.replace(read.data_config(data, labels, False, workers), **label_maps.fields())
+        preview = None
         with Renderer(quiet or json_out) as render:
             report = inspect_dataset(cfg, on_event=render)
+            if report.layout == "unlabelled" and not report.problems:
+                from mtlue_cli.fit.clusters import preview_clusters
+
+                preview = preview_clusters(cfg, parse_clusters(clusters), sheet, on_event=render)
     if json_out:
-        out_console.print_json(json.dumps(report.to_dict()))
+        extra = {} if preview is None else {"clusters": {**dataclasses.asdict(preview), "sheet": str(preview.sheet or "")}}
+        out_console.print_json(json.dumps({**report.to_dict(), **extra}))
     else:
         render_inspect(report)
+        if preview is not None:
+            render_clusters(preview)
     raise typer.Exit(1 if report.problems else 0)
 
 
@@ -125,6 +139,7 @@ def fit(
     stop_acc: Annotated[Optional[float], typer.Option(help="Stop once the surrogate's mean accuracy on x+δ (true labels) is at most this, e.g. 0.1.")] = None,
     checkpoint_every: Annotated[Optional[int], typer.Option(help="Save a resumable checkpoint every N epochs.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
+    clusters: ClustersOpt = None,
     amp: AmpOpt = "auto",
     read: ReadOptions = ReadOptions(),
     label_maps: MapOptions = MapOptions(),
@@ -135,8 +150,10 @@ def fit(
     debug: DebugOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Train a protection generator on your labelled images (EM, TAP or SEP + the MTL-UE regularisers); label maps
-    (segmentation, depth, normals: --map, --map-column, the nyuv2 layout) are tasks too, mixed with class labels."""
+    """Train a protection generator on your images and their labels (EM, TAP or SEP + the MTL-UE regularisers); label
+    maps (segmentation, depth, normals: --map, --map-column, the nyuv2 layout) are tasks too, mixed with class labels.
+    A flat folder of images with no labels (or --layout unlabelled) is fitted on k-means clusters of the images
+    (--clusters), and the generator keeps what `protect` needs to label new photos the same way."""
     quiet = rank0_talks(quiet)
     with errors(debug):
         from mtlue_cli.fit.folder import fit_config, fit_folder
@@ -153,6 +170,7 @@ def fit(
             sep_recompute=sep_recompute, sep_paper_weighting=sep_paper_weighting, em_stop_mode=em_stop_mode,
             unprotected=names(unprotected), surrogate=surrogate, bound=bound, checkpoint_every=checkpoint_every,
             resume=resume, amp=amp, device=device, seed=seed, width=width, stem=stem, stop_acc=stop_acc,
+            clusters=parse_clusters(clusters),
             robust=None if robust is None else (SQUEEZES if robust else ()),
             time_budget=parse_duration(time_budget) if time_budget and not lift else None,
         )
@@ -177,6 +195,7 @@ def fit(
     "Examples:\n\n  mtlue protect ./photos --labels attrs.csv --out ./photos-protected --holdout 0.2\n\n"
     "  mtlue protect ./photos --labels attrs.csv --generator gen/ --out ./photos-protected\n\n"
     "  mtlue protect ./UTKFace --generator org/mtlue-utkface@v1 --out ./utk-protected --holdout 0.2 --preview 8\n\n"
+    "  mtlue protect ./faces --generator faces-utkface --out ./faces-protected   (no labels: predicted)\n\n"
     "  torchrun --nproc_per_node 4 -m mtlue_cli protect ./photos -l attrs.csv -g gen/ --out ./photos-protected\n\n"
     "  mtlue protect ./scenes/images -l ./scenes/labels.csv -g gen/ --out ./scenes-protected "
     "--map seg=segmentation:./scenes/segmentation --map depth=depth:./scenes/depth --depth-scale 1000"
@@ -199,6 +218,8 @@ def protect(
     strict: Annotated[bool, typer.Option("--strict", help="Stop at the first file that fails.")] = False,
     batch_size: Annotated[int, typer.Option(help="Images per generator batch.")] = 32,
     preview: Annotated[int, typer.Option(help="Write OUT.preview.png with N rows: original, protected, amplified δ (the centre of each file at its own resolution), columns named, each row captioned with its file and labels.")] = 0,
+    predict_labels: Annotated[bool, typer.Option("--predict-labels/--no-predict-labels", help="Tasks your labels lack (or all of them, with no labels): predicted by the generator's labeller when it has one, and recorded in OUT/predicted_labels.csv; with --no-predict-labels they stay unprotected.")] = True,
+    clusters: ClustersOpt = None,
     amp: AmpOpt = "auto",
     read: ReadOptions = ReadOptions(),
     label_maps: MapOptions = MapOptions(),
@@ -216,18 +237,19 @@ def protect(
 
         cfg = ProtectConfig(format=format, quality=quality, metadata=metadata, tag_no_ai=tag_no_ai, resume=resume,
                             overwrite=overwrite, strict=strict, batch_size=batch_size, workers=workers, preview=preview,
-                            holdout=holdout, seed=seed, device=device, amp=amp)
+                            holdout=holdout, seed=seed, device=device, amp=amp, predict_labels=predict_labels)
         data_cfg = dataclasses.replace(read.data_config(data, labels, skip_bad, workers), **label_maps.fields())
         fit_cfg = None
         if generator is None:
             from mtlue_cli.fit.folder import fit_config
 
-            name, fit_cfg = fit_config(device=device, seed=seed, amp=amp,
+            name, fit_cfg = fit_config(device=device, seed=seed, amp=amp, clusters=parse_clusters(clusters),
                                        time_budget=parse_duration(time_budget) if time_budget else None)
             budget = f" ({fit_cfg.time_budget / 60:.0f} min budget)" if fit_cfg.time_budget else ""
             console.print(f"no --generator: fitting one with the {name} recipe first{budget}")
-        elif time_budget:
-            raise ConfigError("--time-budget is for the fit that runs when no --generator is given")
+        elif time_budget or clusters:
+            raise ConfigError(f"--{'time-budget' if time_budget else 'clusters'} is for the fit that runs when no "
+                              "--generator is given")
         with Renderer(quiet) as render:
             report = protect_folder(data_cfg, out, cfg, generator, revision, fit_cfg, on_event=render)
     render_protect(report)

@@ -18,7 +18,14 @@ import typer
 
 from mtlue_cli import __version__
 from mtlue_cli.cli.render import out_console
-from mtlue_cli.config import DEVICES_HELP, EPSILON_PRESETS, LAYOUTS, MAX_EPSILON, SPLITS, DataConfig
+from mtlue_cli.config import (
+    DEVICES_HELP,
+    EPSILON_PRESETS,
+    LAYOUTS,
+    MAX_EPSILON,
+    SPLITS,
+    DataConfig,
+)
 from mtlue_cli.errors import ConfigError
 
 app = typer.Typer(
@@ -37,6 +44,7 @@ app = typer.Typer(
 
 DataArg = Annotated[Path, typer.Argument(help="Folder that holds the images.", show_default=False)]
 LabelsOpt = Annotated[Optional[Path], typer.Option("--labels", "-l", help="Labels file: CSV/TSV (first column = path relative to DATA) or CelebA list_attr_celeba.txt. Omit for a folder tree or UTKFace names.")]
+ClustersOpt = Annotated[Optional[str], typer.Option(help="Images without labels: the k-means pseudo-tasks to fit on, one per cluster count (default 2,5,10).")]
 LayoutOpt = Annotated[str, typer.Option(help=f"Label layout: {'|'.join(LAYOUTS)}.")]
 PathColumnOpt = Annotated[Optional[str], typer.Option(help="CSV column holding the image paths (default: the first).")]
 TasksOpt = Annotated[Optional[str], typer.Option(help="Comma-separated task columns to use (default: all but the path column); names the levels of a folder tree.")]
@@ -54,6 +62,16 @@ AmpOpt = Annotated[str, typer.Option(help="auto|bf16|fp16|off (CUDA only).")]
 def names(text: str | None) -> tuple[str, ...] | None:
     """'a, b,c' -> ('a', 'b', 'c'); None or '' -> None."""
     return tuple(t.strip() for t in text.split(",") if t.strip()) if text else None
+
+
+def parse_clusters(text: str | None) -> tuple[int, ...] | None:
+    """'2,5,10' -> (2, 5, 10): one k-means pseudo-task per count (FitConfig.clusters); None or '' -> None."""
+    if not text:
+        return None
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise ConfigError(f"--clusters {text!r}: give cluster counts separated by commas, e.g. 2,5,10") from None
 
 
 def parse_epsilon(text: str) -> float:

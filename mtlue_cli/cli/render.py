@@ -141,6 +141,16 @@ def print_problems(problems: list[Any], style: str, limit: int = 20, line: Any =
 # ----------------------------------------------------------------------------- inspect and fit
 
 
+def render_clusters(preview: Any) -> None:
+    """`preview`: fit.clusters.ClusterPreview."""
+    console.print(f"[bold]no labels[/]: fit would train on these k-means pseudo-tasks ({preview.images} images at "
+                  f"{preview.size} px; the clusters of the images left out by protect's holdout may differ a little)")
+    for name, counts in preview.counts.items():
+        console.print(f"  {name}: members per cluster " + ", ".join(f"c{j} {n}" for j, n in enumerate(counts)))
+    console.print(f"contact sheet: {preview.sheet}" if preview.sheet else
+                  "see each cluster's members: --sheet clusters.png")
+
+
 def render_inspect(report: Any) -> None:
     console.print(f"[bold]{report.images}[/] usable images in {report.root} (layout: {report.layout}"
                   + (f", labels: {report.labels_file})" if report.labels_file else ")"))
@@ -201,6 +211,10 @@ def render_fit(report: Any) -> None:
         table.add_row(name, f"{result.surrogate_clean_acc[k]:.1%}" if result.surrogate_clean_acc else "-",
                       f"{result.attacked_train_acc[k]:.1%}")
     console.print(table)
+    if report.clusters:
+        console.print("[bold]no labels:[/] the generator was fitted on k-means pseudo-tasks ("
+                      + "; ".join(f"{t}: members {', '.join(map(str, c))}" for t, c in report.clusters.items())
+                      + "); protect labels new photos the same way")
     render_fit_summary(result)
 
 
@@ -225,6 +239,8 @@ def render_protect(report: Any) -> None:
     table.add_row("already done (--resume)", str(report.resumed))
     table.add_row("held out (clean test split)", str(report.held_out))
     table.add_row("failed", str(len(report.failed)))
+    if report.predicted_tasks:
+        table.add_row("labels predicted by the generator", ", ".join(report.predicted_tasks))
     if report.unlabelled:
         table.add_row("no label row (--skip-bad)", f"[yellow]{len(report.unlabelled)}[/]")
     if report.unprotected_tasks:

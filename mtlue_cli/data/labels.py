@@ -14,7 +14,7 @@ from typing import Iterable
 
 from mtlue_cli.config import DataConfig
 from mtlue_cli.data import dense_labels
-from mtlue_cli.data.images import safe_path, scan_images
+from mtlue_cli.data.images import IMAGE_EXTENSIONS, safe_path, scan_images
 from mtlue_cli.data.tasks import UNLABELLED, LabelTable, Record, TaskSpec, unlabelled_note  # noqa: F401 (re-exported)
 from mtlue_cli.errors import DatasetError, FileProblem
 
@@ -293,8 +293,8 @@ def _looks_like_celeba(path: Path) -> bool:
 
 
 def detect_layout(root: Path, labels: Path | None, maps: bool = False) -> str:
-    """The layout of `root`: a labels file's, NYUv2's folders, images labelled by `maps` only, UTKFace names or a
-    folder tree (in that order)."""
+    """The layout of `root`: a labels file's, NYUv2's folders, images labelled by `maps` only, UTKFace names, a
+    folder tree or, for a flat folder of images and nothing else, none at all (in that order)."""
     if labels is not None:
         return "celeba" if _looks_like_celeba(labels) else "csv"
     for name in LABEL_FILE_NAMES:
@@ -310,10 +310,15 @@ def detect_layout(root: Path, labels: Path | None, maps: bool = False) -> str:
         return "utkface"
     if files and len(flat) < len(files):
         return "folder"
-    raise DatasetError(
-        f"{root}: cannot tell how the images are labelled; pass --labels FILE "
-        "(CSV/TSV or list_attr_celeba.txt), or use a folder tree whose levels are tasks"
-    )
+    if files:
+        return "unlabelled"  # issue 30: fit makes pseudo-labels; protect predicts them with the generator's labeller
+    raise DatasetError(f"{root}: no images found (supported: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+
+
+def read_unlabelled(root: Path) -> LabelTable:
+    """Every image under `root`, with no task at all (issue 30): `fit` clusters them into pseudo-tasks, `protect`
+    asks the generator's labeller for its tasks."""
+    return LabelTable(root, TaskSpec((), ()), [Record(p, ()) for p in scan_images(root)], "unlabelled")
 
 
 def read_labels(cfg: DataConfig) -> LabelTable:
@@ -347,6 +352,8 @@ def _read(root: Path, labels: Path | None, layout: str, cfg: DataConfig) -> Labe
         return dense_labels.read_images_only(root, cfg)
     if layout == "folder":
         return read_folder_tree(root, cfg.tasks)
+    if layout == "unlabelled":
+        return read_unlabelled(root)
     if layout == "utkface":
         return read_utkface(root)
     if layout == "celeba":

@@ -14,7 +14,7 @@ from mtlue_cli.config import FIT_RECIPES, DataConfig, FitConfig, make_config
 from mtlue_cli.data.dataset import load_dataset
 from mtlue_cli.data.labels import LabelTable
 from mtlue_cli.errors import ConfigError, FileProblem
-from mtlue_cli.events import OnEvent
+from mtlue_cli.events import OnEvent, log, noop
 
 
 def default_recipe(device: str = "auto") -> str:
@@ -43,6 +43,7 @@ class FitReport:
     skipped: list[FileProblem] = field(default_factory=list)  # --skip-bad: the files left out
     measures: list[str] = field(default_factory=list)  # per task, what its "accuracy" is: accuracy, or a label map's
     # agreement (pixel_accuracy, delta1, within_11.25)
+    clusters: dict[str, list[int]] | None = None  # unlabelled images: members per cluster of each pseudo-task
 
 
 def fit_folder(data: DataConfig, cfg: FitConfig, out: Path, on_event: OnEvent | None = None,
@@ -57,6 +58,17 @@ def fit_folder(data: DataConfig, cfg: FitConfig, out: Path, on_event: OnEvent | 
         raise ConfigError(f"{out} already holds a generator; choose another --out or pass --resume")
     dataset = load_dataset(dataclasses.replace(data, size=cfg.image_size), on_event, table=table)
     dataset = dataset.without(exclude or set())
+    clusters = None
+    if dataset.table.layout == "unlabelled":  # issue 30: k-means pseudo-tasks, and the labeller protect will use
+        from mtlue_cli.fit import pseudo
+        from mtlue_cli.models.persistence import save_labeller
+
+        labeller = pseudo.cluster_labeller(dataset.images, cfg.clusters, cfg.seed)
+        dataset = pseudo.relabelled(dataset, labeller)
+        clusters = pseudo.cluster_counts(dataset)
+        log(on_event or noop, f"no labels: fitting on {len(clusters)} pseudo-task(s) of k-means clusters of the images "
+            f"({', '.join(f'{t}: {len(c)} clusters' for t, c in clusters.items())}); protect predicts them the same way")
+        save_labeller(labeller, out)
     result = fit_generator(dataset, cfg, out, on_event)
     return FitReport(result, out, list(dataset.spec.names), len(dataset), dataset.skipped,
-                     [kind.agreement for kind in dataset.spec.kinds])
+                     [kind.agreement for kind in dataset.spec.kinds], clusters)

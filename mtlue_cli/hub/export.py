@@ -12,7 +12,8 @@ from mtlue_cli.errors import ConfigError, WeightsError
 from mtlue_cli.events import OnEvent, log, noop
 from mtlue_cli.files import copy_file, write_text
 from mtlue_cli.models.card import model_card
-from mtlue_cli.models.persistence import CARD, CONFIG, RECORD, WEIGHTS, LoadedGenerator, load_generator, upload_errors
+from mtlue_cli.models.persistence import CARD, CONFIG, LABELLER_CONFIG, LABELLER_WEIGHTS, RECORD, WEIGHTS
+from mtlue_cli.models.persistence import LoadedGenerator, load_generator, upload_errors
 
 VERIFY_RESULT = "verify.json"
 
@@ -47,7 +48,7 @@ def export_generator(loaded: LoadedGenerator, to: Path, verify_report: Path | No
     if to.resolve() == loaded.folder.resolve():
         raise ConfigError(f"--to {to} is the generator's own folder")
     to.mkdir(parents=True, exist_ok=True)
-    for name in (WEIGHTS, CONFIG, RECORD):
+    for name in (WEIGHTS, CONFIG, RECORD, LABELLER_WEIGHTS, LABELLER_CONFIG):
         if (loaded.folder / name).is_file():
             copy_file(loaded.folder / name, to / name)
     report = None
@@ -61,7 +62,8 @@ def export_generator(loaded: LoadedGenerator, to: Path, verify_report: Path | No
         copy_file(loaded.folder / VERIFY_RESULT, to / VERIFY_RESULT)
         report = json.loads((to / VERIFY_RESULT).read_text())
     config = json.loads((to / CONFIG).read_text())
-    write_text(to / CARD, model_card(config, loaded.metadata, loaded.record, report))
+    labeller = loaded.labeller.config if loaded.labeller is not None else None
+    write_text(to / CARD, model_card(config, loaded.metadata, loaded.record, report, labeller))
     return to
 
 

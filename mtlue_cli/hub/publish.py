@@ -86,6 +86,8 @@ def build_folder(out: Path, folder: Path, cfg: PublishConfig, on_event: OnEvent 
         warnings.append("no --license: the card says `license: other`; pass a Hub licence id such as cc-by-nc-4.0")
     if checked.failed:
         warnings.append(f"{len(checked.failed)} file(s) failed in protect and are left out (listed in the card)")
+    if run.predicted_tasks:
+        warnings.append(f"labels mtlue predicted ({', '.join(run.predicted_tasks)}) are not published: they are guesses")
     prepare_folder(folder, out, run.input_root)
     scrub = Scrubber(local_paths(out, folder, run.raw))
 

@@ -125,4 +125,7 @@ def check_folder(out: Path, allow_failed: bool = False, on_event: OnEvent | None
     if failed and not allow_failed:
         raise refuse("failed in `mtlue protect`", failed, "fix them and rerun `mtlue protect ... --resume`, or pass "
                      "--allow-failed to publish the others (the failed ones are then listed in the card)")
+    # Labels mtlue predicted (issue 30) are its guesses, not the owner's: they are not published.
+    keep = [0] + [k + 1 for k, t in enumerate(tasks) if t not in run.predicted_tasks]
+    tasks, rows = [tasks[k - 1] for k in keep[1:]], [[r[k] for k in keep] for r in rows]
     return CheckedFolder(run, tasks, rows, {r[0]: written[r[0]] for r in rows}, failed, dense)

@@ -11,7 +11,7 @@ from typing import Any
 
 
 def model_card(config: dict[str, Any], metadata: dict[str, str], record: dict[str, Any] | None,
-               verify_report: dict[str, Any] | None = None) -> str:
+               verify_report: dict[str, Any] | None = None, labeller: dict[str, Any] | None = None) -> str:
     """README.md with Hub front matter: what the generator protects, how it was made, and its limits.
 
     A pretrained generator's record may carry a `card` mapping (title, license, license_name,
@@ -50,7 +50,16 @@ def model_card(config: dict[str, Any], metadata: dict[str, str], record: dict[st
         numeric = any(c.lstrip("-").isdigit() for c in classes)
         kind = f"a {dense[name]} map" + (": " if classes else "") if name in dense else ""
         lines.append(f"  - `{name}`: {kind}" + ", ".join(f"`{c}`" if numeric else f"`{c}` ({i})" for i, c in enumerate(classes)))
-    lines += ["", "A CSV with only some of the tasks works too: the missing ones are then not protected."]
+    if labeller is None:
+        lines += ["", "A CSV with only some of the tasks works too: the missing ones are then not protected."]
+    elif labeller.get("kind") == "clusters":
+        lines += ["", "These tasks are k-means clusters of the training images, not labels: it was fitted on photos "
+                  "without labels. `protect` puts new photos in the clusters with the labeller beside it "
+                  "(`labeller.safetensors`), so no labels file is needed."]
+    else:
+        lines += ["", "Photos without labels, or a CSV with only some of the tasks: `protect` predicts the missing "
+                  "labels with the small classifier beside it (`labeller.safetensors`), says so and records them in "
+                  "`predicted_labels.csv`; `--no-predict-labels` leaves those tasks unprotected instead."]
     if config.get("unprotected"):
         lines += ["", f"- Left learnable on purpose: {', '.join(config['unprotected'])}."]
     if card.get("training_data"):

@@ -34,6 +34,7 @@ from mtlue_cli.models.card import model_card
 from mtlue_cli.models.embedding import DENSE_KINDS
 
 WEIGHTS, CONFIG, RECORD, CARD = "model.safetensors", "config.json", "fit_record.json", "README.md"
+LABELLER_WEIGHTS, LABELLER_CONFIG = "labeller.safetensors", "labeller.json"  # optional (models.labeller, issue 30)
 REPO_ID = re.compile(r"^(?:hf://)?([A-Za-z0-9][\w.-]*/[\w.-]+)(?:@([\w./-]+))?$")
 MAX_CONFIG_BYTES = 1 << 20
 MAX_EMBEDDING_PARAMS = 200_000_000  # a hostile config cannot ask for more than ~800 MB of embeddings
@@ -49,6 +50,7 @@ class LoadedGenerator:
     sha256: str
     metadata: dict[str, str]  # model.weights_metadata(): budget, tasks and provenance (base_method, seed...)
     record: dict[str, Any] | None
+    labeller: Any = None  # models.labeller.Labeller saved beside the generator (issue 30), or None
 
     @property
     def method(self) -> str | None:
@@ -72,7 +74,8 @@ def save_generator(generator: Any, out: Path, method: str | None = None, record:
         "created": str(run.get("created", "")),
     }
     # Written first: save_pretrained keeps an existing README.md instead of generating its own.
-    write_text(out / CARD, model_card(generator.config, generator.weights_metadata(), record))
+    labeller = json.loads((out / LABELLER_CONFIG).read_text()) if (out / LABELLER_CONFIG).is_file() else None
+    write_text(out / CARD, model_card(generator.config, generator.weights_metadata(), record, labeller=labeller))
     generator.save_pretrained(out)
     if record is not None:
         write_text(out / RECORD, json.dumps(record, indent=2) + "\n")
@@ -221,7 +224,55 @@ def _download(repo_id: str, revision: str | None, cache_dir: Path | None) -> Pat
         raise WeightsError(f"Hub repo {repo_id!r} has no {WEIGHTS}/{CONFIG}; it is not an mtlue generator") from None
     except (HfHubHTTPError, OSError) as exc:
         raise WeightsError(f"{repo_id}: download failed ({exc}); check the network or use a local folder") from None
-    return Path(paths[1]).parent
+    folder = Path(paths[1]).parent
+    for name in (LABELLER_CONFIG, LABELLER_WEIGHTS):  # optional: most generators have no labeller
+        try:
+            hf_hub_download(repo_id, name, revision=revision, cache_dir=cache_dir, library_name="mtlue",
+                            library_version=__version__)
+        except (EntryNotFoundError, HfHubHTTPError, OSError):
+            break
+    return folder
+
+
+def _labeller(folder: Path, expected_sha256: str | None = None) -> Any:
+    """The labeller beside a generator (None without one), checked against its pinned sha256 where there is one."""
+    weights = folder / LABELLER_WEIGHTS
+    if expected_sha256 is not None and weights.is_file() and file_sha256(weights) != expected_sha256:
+        raise WeightsError(f"{weights}: sha256 does not match the pinned one; the file was modified or corrupted: "
+                           "delete it and download again")
+    return load_labeller(folder)
+
+
+def save_labeller(labeller: Any, folder: Path) -> None:
+    """Write a `models.labeller.Labeller` into a generator folder: `labeller.safetensors` and `labeller.json`."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in labeller.state_dict().items()}, str(folder / LABELLER_WEIGHTS),
+              metadata={"format": "pt", "kind": labeller.kind})
+    (folder / LABELLER_CONFIG).write_text(json.dumps(labeller.config, indent=2) + "\n")
+
+
+def load_labeller(folder: Path) -> Any:
+    """The labeller saved in a generator folder, or None when it has none. Strict: a file that does not match its
+    config is an error, never a partly loaded model."""
+    from safetensors.torch import load_file
+
+    from mtlue_cli.models.labeller import Labeller
+
+    folder = Path(folder)
+    weights, config = folder / LABELLER_WEIGHTS, folder / LABELLER_CONFIG
+    if not weights.is_file() and not config.is_file():
+        return None
+    if not (weights.is_file() and config.is_file()):
+        raise WeightsError(f"{folder}: {LABELLER_WEIGHTS} and {LABELLER_CONFIG} go together; one of them is missing")
+    try:
+        labeller = Labeller(**json.loads(config.read_text()))
+        labeller.load_state_dict(load_file(str(weights)), strict=True)
+    except (ValueError, TypeError, RuntimeError, OSError) as exc:
+        raise WeightsError(f"{folder}: the labeller cannot be loaded ({str(exc).splitlines()[0]})") from None
+    return labeller.eval()
 
 
 def load_generator(spec: str, revision: str | None = None, device: Any = "cpu", cache_dir: Path | None = None) -> LoadedGenerator:
@@ -231,7 +282,7 @@ def load_generator(spec: str, revision: str | None = None, device: Any = "cpu", 
         if not path.is_dir():
             raise WeightsError(f"{spec}: a generator is a folder (with {WEIGHTS} and {CONFIG}), not a file")
         model, digest, meta = load_folder(path, device)
-        return LoadedGenerator(model, "local", spec, path, None, digest, meta, _record(path))
+        return LoadedGenerator(model, "local", spec, path, None, digest, meta, _record(path), _labeller(path))
     aliases = registry()
     if spec in aliases:
         entry = aliases[spec]
@@ -240,7 +291,8 @@ def load_generator(spec: str, revision: str | None = None, device: Any = "cpu", 
             raise WeightsError(f"alias {spec!r} is not bundled with this install and has no pinned Hub revision")
         folder = bundled or _download(entry["repo_id"], revision or entry["revision"], cache_dir)
         model, digest, meta = load_folder(folder, device, expected_sha256=entry["sha256"])
-        return LoadedGenerator(model, "alias", spec, folder, entry["revision"], digest, meta, _record(folder))
+        return LoadedGenerator(model, "alias", spec, folder, entry["revision"], digest, meta, _record(folder),
+                               _labeller(folder, entry.get("labeller_sha256")))
     match = REPO_ID.match(spec)
     if match is None:
         raise WeightsError(f"{spec!r}: no such folder, not a pretrained alias ({', '.join(aliases) or 'none'}), "
@@ -253,7 +305,7 @@ def load_generator(spec: str, revision: str | None = None, device: Any = "cpu", 
     repo_id, rev = match.group(1), revision or match.group(2)
     folder = _download(repo_id, rev, cache_dir)
     model, digest, meta = load_folder(folder, device)
-    return LoadedGenerator(model, "hub", spec, folder, rev or "main", digest, meta, _record(folder))
+    return LoadedGenerator(model, "hub", spec, folder, rev or "main", digest, meta, _record(folder), _labeller(folder))
 
 
 def _record(folder: Path) -> dict[str, Any] | None:

@@ -224,10 +224,11 @@ def read_json(path: Path) -> dict[str, Any] | None:
 def run_record(*, generator: dict[str, Any], epsilon: float, tasks: dict[str, list[str]], data: DataConfig,
                layout: str, labels_file: Path | None, labels_sha256: str | None, config: dict[str, Any],
                held_out: list[str], holdout: float, seed: int, summary: dict[str, Any], device: str,
-               processes: int, torch_version: str, label_tasks: dict[str, Any] | None = None) -> dict[str, Any]:
+               processes: int, torch_version: str, label_tasks: dict[str, Any] | None = None,
+               predicted_tasks: list[str] | None = None) -> dict[str, Any]:
     """run.json: the generator (with its working size), ε, the originals and how they were read, the holdout.
     `tasks` is the generator's, `label_tasks` labels.csv's columns (both in `TaskSpec.to_dict` form: a label-map
-    task is {"kind": ..., "classes": [...]})."""
+    task is {"kind": ..., "classes": [...]}); `predicted_tasks` those the generator's labeller predicted."""
     return {
         "tool": "mtlue", "version": __version__, "torch": torch_version, "python": platform.python_version(),
         "device": device, "processes": processes, "seed": seed,
@@ -235,6 +236,7 @@ def run_record(*, generator: dict[str, Any], epsilon: float, tasks: dict[str, li
         "generator": generator, "epsilon": epsilon, "epsilon_255": epsilon * 255, "tasks": tasks,
         "labels_file": str(labels_file) if labels_file else None, "labels_sha256": labels_sha256,
         "input_root": str(data.root), "layout": layout, "label_tasks": label_tasks,
+        "predicted_tasks": list(predicted_tasks or []),
         "data": {"path_column": data.path_column, "tasks": list(data.tasks) if data.tasks else None,
                  "partition": str(data.partition) if data.partition else None, "split": data.split,
                  "maps": [_absolute_map(m) for m in data.maps], "map_columns": list(data.map_columns),
@@ -279,6 +281,11 @@ class RunRecord:
     @property
     def layout(self) -> str | None:
         return self.raw.get("layout")
+
+    @property
+    def predicted_tasks(self) -> list[str]:
+        """The tasks the generator's labeller predicted (issue 30): none in a run.json written before."""
+        return list(self.raw.get("predicted_tasks") or [])
 
     @property
     def data(self) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from mtlue_cli.models.persistence import LoadedGenerator
 from mtlue_cli.protect import maps, outputs, shard
 from mtlue_cli.protect.encode import write_array, write_preview, write_protected
 from mtlue_cli.protect.outputs import FileResult
+from mtlue_cli.protect.predicted import predict_missing, write_predicted
 from mtlue_cli.protect.threads import generator_threads, resolve_workers
 
 
@@ -52,6 +53,7 @@ class ProtectReport:
     protected_tasks: list[str] = field(default_factory=list)
     unprotected_tasks: list[str] = field(default_factory=list)  # the generator's tasks left learnable
     unlabelled: list[str] = field(default_factory=list)  # --skip-bad: images without a label row, not protected
+    predicted_tasks: list[str] = field(default_factory=list)  # labels the generator's labeller gave (issue 30)
     fit: Any = None  # fitting.FitReport when the generator was fitted for this run
 
     @property
@@ -144,7 +146,9 @@ def protect_dataset(loaded: LoadedGenerator, data: DataConfig, out: Path, cfg: P
     dist = dist.patient()  # a rank that finishes its share early may wait long for the others
     model = loaded.model.to(device).eval()
     tasks, size, epsilon = model.tasks, model.image_size, float(model.epsilon)
-    table = read_labels(data)
+    table, predicted = read_labels(data), []
+    if cfg.predict_labels:  # tasks the labels lack, from the generator's labeller (issue 30)
+        table, predicted = predict_missing(table, loaded, data, on_event)
     dense = maps.dense_tasks(table.spec, table.layout, tasks, model.task_kinds)
     remap, missing = _label_remap(table, tasks)
     protected_tasks = [t for t in tasks if t not in missing and t not in model.unprotected]
@@ -218,6 +222,8 @@ def protect_dataset(loaded: LoadedGenerator, data: DataConfig, out: Path, cfg: P
             [names[r.path], *_row(table.spec, r, dense.outputs(r, names[r.path]) if dense.indices else [])]
             for r in sorted((r for r in records if r.path in ok), key=lambda r: r.path)])
         maps.write_id2label(out, dense)
+        if predicted:
+            write_predicted(out, table, predicted)
     preview = None
     if dist.is_main and cfg.preview and done:
         shown = [r for r in records if r.path in ok][:cfg.preview]  # done's order
@@ -238,13 +244,14 @@ def protect_dataset(loaded: LoadedGenerator, data: DataConfig, out: Path, cfg: P
         seconds=seconds, images_per_second=written / seconds if seconds else 0.0, format=cfg.format,
         preview=preview, warnings=warnings, protected_tasks=protected_tasks,
         unprotected_tasks=[t for t in tasks if t not in protected_tasks], unlabelled=table.unlabelled,
+        predicted_tasks=predicted,
     )
     if dist.is_main:
         generator = {"spec": loaded.spec, "source": loaded.source, "revision": loaded.revision,
                      "sha256": loaded.sha256, "method": loaded.method, "image_size": size}
         outputs.write_run(out, outputs.run_record(
             generator=generator, epsilon=epsilon, tasks=TaskSpec.from_generator(tasks, model.task_kinds).to_dict(),
-            label_tasks=table.spec.to_dict(), data=data, layout=table.layout,
+            label_tasks=table.spec.to_dict(), predicted_tasks=predicted, data=data, layout=table.layout,
             labels_file=table.labels_file, labels_sha256=file_sha256(table.labels_file) if table.labels_file else None,
             config=asdict(cfg), held_out=[table.records[i].path for i in test_idx], holdout=cfg.holdout, seed=cfg.seed,
             summary={k: v for k, v in asdict(report).items() if k not in ("failed", "out", "preview", "fit")},
@@ -365,7 +372,7 @@ def protect_with_fit(data: DataConfig, out: Path, fit_cfg: FitConfig, cfg: Prote
     else:
         table = read_labels(data)
         holdout = held_out(table.records, cfg.holdout, cfg.seed)  # the same split protect leaves out
-        log(on_event, f"no --generator: fitting one on the {len(table.records) - len(holdout)} labelled images to "
+        log(on_event, f"no --generator: fitting one on the {len(table.records) - len(holdout)} images to "
             f"protect (recipe written to {gen_dir / 'fit_record.json'})")
         resume = cfg.resume and (gen_dir / "checkpoint" / "state.pt").is_file()
         fit = fit_folder(data, dataclasses.replace(fit_cfg, resume=resume), gen_dir, on_event, table=table,

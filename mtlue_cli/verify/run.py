@@ -23,6 +23,7 @@ from mtlue_cli.errors import ConfigError, DatasetError
 from mtlue_cli.events import OnEvent, log, noop
 from mtlue_cli.files import write_text
 from mtlue_cli.protect import outputs
+from mtlue_cli.protect.predicted import PREDICTED, labelled_as_originals
 from mtlue_cli.verify import dense
 from mtlue_cli.verify.verdict import DefenseProfile, TaskRow, VerifyReport, judge, mean_sd  # noqa: F401 (the public names)
 
@@ -93,6 +94,8 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
     if len(test_set) == 0:
         raise DatasetError("the clean test split is empty; raise --test-split or pass --test")
     spec = clean_all.spec
+    if outputs.read_run(protected).predicted_tasks:  # the generator's guesses are not the attacker's labels (issue 30)
+        prot_set = labelled_as_originals(prot_set, clean_all, sources)
     prot_set = dense.align(prot_set, spec)
     dense.check_maps(prot_set, clean_train, sources)
     prot_labels = prot_set.labels
@@ -280,7 +283,13 @@ def verify_folder(request: VerifyRequest, cfg: VerifyConfig, on_event: OnEvent |
     seed = request.seed if request.seed is not None else (run.seed if run.seed is not None else 0)
     cfg = dataclasses.replace(cfg, test_split=test_split, seed=seed)
     layout = run.layout if request.layout == "auto" and run.layout else request.layout
-    where = dict(labels=request.labels or run.labels_file, layout=layout, tasks=request.tasks or run.tasks,
+    labels = request.labels or run.labels_file
+    sanity = labels is None and layout == "unlabelled" and (protected / PREDICTED).is_file()
+    if sanity:  # no true labels anywhere: only the generator's own guesses to check against (issue 30)
+        labels, layout = protected / PREDICTED, "csv"
+    elif layout == "unlabelled" and labels is not None:  # protected without labels, verified with the true ones
+        layout = "auto"
+    where = dict(labels=labels, layout=layout, tasks=request.tasks or run.tasks,
                  path_column=request.path_column or run.data.get("path_column"), split="all",
                  skip_bad=request.skip_bad, workers=request.workers, **_map_fields(request, run))
     clean = DataConfig(root=clean_root, **where)
@@ -288,6 +297,10 @@ def verify_folder(request: VerifyRequest, cfg: VerifyConfig, on_event: OnEvent |
     if request.test is not None:
         test = DataConfig(root=request.test, **{**where, "labels": request.test_labels or where["labels"]})
     report = verify(clean, protected, cfg, test, on_event)
+    if sanity:
+        report.notes.insert(0, f"SANITY CHECK ONLY: these images have no true labels, so the victims used the labels "
+                            f"mtlue predicted ({PREDICTED}). An attacker labels the images their own way: pass --labels "
+                            "with true labels to measure the protection")
     if request.save:
         try:
             outputs.write_verify(protected, report.to_dict())
