@@ -4,6 +4,7 @@ fitted on it), name its classes, write its model card (with the transfer result 
 
     python benchmarks/faces.py --epochs 30                            # fit on all 3,000 (CPU default recipe)
     python benchmarks/faces.py --from GEN --transfer benchmarks/results/transfer.json   # ship GEN
+    python benchmarks/faces.py --labeller          # train and ship the labeller for faces without labels (~2 min)
 
 The bundled one is the generator `strength.py --transfer` fitted on half A of the set (1,454 images), so the
 transfer table in its card is its own measurement on faces it never saw (half B).
@@ -123,6 +124,63 @@ def publish(work: Path, args: argparse.Namespace) -> None:
     print(f"wrote {out} and the registry entry {ALIAS!r}")
 
 
+def ship_labeller(args: argparse.Namespace) -> None:
+    """Train the labeller `protect` uses on faces without labels (issue 30): a small CNN on the seeded 80% of the
+    shared set that `protect --holdout 0.2 --seed 0` keeps, measured on the other 20%; written beside the bundled
+    generator, pinned in the registry, and described in its card."""
+    import time
+
+    import torch
+
+    from mtlue_cli.config import DataConfig
+    from mtlue_cli.data.dataset import held_out, load_dataset
+    from mtlue_cli.data.labels import UTK_CLASS_NAMES
+    from mtlue_cli.files import file_sha256, write_text
+    from mtlue_cli.fit.pseudo import predict, train_labeller
+    from mtlue_cli.models.card import model_card
+    from mtlue_cli.models.persistence import LABELLER_WEIGHTS, load_folder, save_labeller
+    from strength import machine
+
+    torch.set_num_threads(args.threads)
+    data = load_dataset(DataConfig(root=Path(args.data) / "images", labels=Path(args.data) / "labels.csv", size=64))
+    test = held_out(data.records, 0.2, 0)
+    train_idx = [i for i, r in enumerate(data.records) if r.path not in test]
+    test_idx = [i for i, r in enumerate(data.records) if r.path in test]
+    for name, classes in zip(data.spec.names, data.spec.classes):  # the CSV's indices, in UTK_CLASS_NAMES' order
+        if list(classes) != [str(i) for i in range(len(UTK_CLASS_NAMES[name]))]:
+            raise SystemExit(f"task {name}: classes {classes} are not UTKFace's indices")
+    started = time.perf_counter()
+    labeller = train_labeller(data.subset(train_idx), epochs=args.labeller_epochs, seed=0)
+    seconds = time.perf_counter() - started
+    labeller.tasks = {k: list(v) for k, v in UTK_CLASS_NAMES.items()}
+    held = data.subset(test_idx)
+    guessed = predict(labeller, held.images)
+    accuracy = {t: float((guessed[:, k] == held.labels[:, k]).float().mean()) for k, t in enumerate(held.spec.names)}
+    majority = {t: float(torch.bincount(held.labels[:, k]).max()) / len(held) for k, t in enumerate(held.spec.names)}
+    out = PRETRAINED / ALIAS
+    save_labeller(labeller, out)
+    model, _, meta = load_folder(out)
+    record = json.loads((out / "fit_record.json").read_text())
+    record["labeller"] = {"images": len(train_idx), "test_images": len(test_idx), "epochs": args.labeller_epochs,
+                          "seconds": round(seconds, 1), "params": sum(p.numel() for p in labeller.parameters()),
+                          "accuracy": accuracy, "majority": majority, "machine": machine(),
+                          "command": "python benchmarks/faces.py --labeller " + " ".join(sys.argv[2:]),
+                          "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    record["card"]["labeller"] = (
+        f"The labeller (`labeller.safetensors`, {record['labeller']['params']:,} parameters, "
+        f"{(out / LABELLER_WEIGHTS).stat().st_size / 1e6:.1f} MB) was trained on {len(train_idx):,} of these faces "
+        f"and predicts, on the {len(test_idx)} held out: " + ", ".join(
+            f"`{t}` {accuracy[t]:.0%} right (majority class {majority[t]:.0%})" for t in accuracy)
+        + ". Its mistakes weaken protection: see `benchmarks/RESULTS.md`, \"Protection without labels\".")
+    (out / "fit_record.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_text(out / "README.md", model_card(model.config, meta, record, labeller=labeller.config))
+    path = PRETRAINED / "registry.json"
+    registry = json.loads(path.read_text())
+    registry["aliases"][ALIAS]["labeller_sha256"] = file_sha256(out / LABELLER_WEIGHTS)
+    path.write_text(json.dumps(registry, indent=2) + "\n")
+    print(json.dumps(record["labeller"], indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(UTK))
@@ -133,7 +191,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--transfer", default=None, help="strength.py --transfer JSON for the card's results")
     parser.add_argument("--from", dest="source", default=None, help="ship this fitted generator folder instead of fitting")
+    parser.add_argument("--labeller", action="store_true", help="train and ship the labeller beside the bundled generator")
+    parser.add_argument("--labeller-epochs", type=int, default=30)
     args = parser.parse_args()
+    if args.labeller:
+        return ship_labeller(args)
     work = Path(args.source) if args.source else fit(args)
     publish(work, args)
 

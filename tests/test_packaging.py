@@ -74,6 +74,10 @@ def test_wheel_holds_the_bundled_generators_and_licences(names: set[str]) -> Non
     for folder in bundled:
         for file in ("model.safetensors", "config.json", "README.md"):
             assert f"mtlue_cli/pretrained/{folder}/{file}" in names
+    for entry in registry.values():  # a pinned labeller (issue 30) ships beside its generator
+        if entry.get("bundled") and entry.get("labeller_sha256"):
+            for file in ("labeller.safetensors", "labeller.json"):
+                assert f"mtlue_cli/pretrained/{entry['bundled']}/{file}" in names
     assert "mtlue_cli/pretrained/registry.json" in names
     info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
     assert {f"{info}/licenses/LICENSE", f"{info}/licenses/NOTICE"} <= names

@@ -141,6 +141,13 @@ def print_problems(problems: list[Any], style: str, limit: int = 20, line: Any =
 # ----------------------------------------------------------------------------- inspect and fit
 
 
+CLUSTER_CAVEAT = ("[yellow]clusters are not an attacker's labels[/]: δ is keyed to them, so it hurts a model trained "
+                  "on real labels only as far as the clusters follow those labels. On UTKFace faces they did not "
+                  "(victims trained on the true age, race and gender reached clean accuracy: benchmarks/RESULTS.md, "
+                  "\"Protection without labels\"). Label the images (--labels), or use a generator with a labeller "
+                  "(faces-utkface), and check with `mtlue verify --labels`.")
+
+
 def render_clusters(preview: Any) -> None:
     """`preview`: fit.clusters.ClusterPreview."""
     console.print(f"[bold]no labels[/]: fit would train on these k-means pseudo-tasks ({preview.images} images at "
@@ -149,6 +156,7 @@ def render_clusters(preview: Any) -> None:
         console.print(f"  {name}: members per cluster " + ", ".join(f"c{j} {n}" for j, n in enumerate(counts)))
     console.print(f"contact sheet: {preview.sheet}" if preview.sheet else
                   "see each cluster's members: --sheet clusters.png")
+    console.print(CLUSTER_CAVEAT)
 
 
 def render_inspect(report: Any) -> None:
@@ -215,6 +223,7 @@ def render_fit(report: Any) -> None:
         console.print("[bold]no labels:[/] the generator was fitted on k-means pseudo-tasks ("
                       + "; ".join(f"{t}: members {', '.join(map(str, c))}" for t, c in report.clusters.items())
                       + "); protect labels new photos the same way")
+        console.print(CLUSTER_CAVEAT)
     render_fit_summary(result)
 
 

@@ -60,6 +60,8 @@ def model_card(config: dict[str, Any], metadata: dict[str, str], record: dict[st
         lines += ["", "Photos without labels, or a CSV with only some of the tasks: `protect` predicts the missing "
                   "labels with the small classifier beside it (`labeller.safetensors`), says so and records them in "
                   "`predicted_labels.csv`; `--no-predict-labels` leaves those tasks unprotected instead."]
+        if card.get("labeller"):
+            lines += ["", card["labeller"]]
     if config.get("unprotected"):
         lines += ["", f"- Left learnable on purpose: {', '.join(config['unprotected'])}."]
     if card.get("training_data"):

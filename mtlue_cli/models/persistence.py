@@ -29,7 +29,7 @@ from mtlue_cli.config import (
     WIDTHS,
 )
 from mtlue_cli.errors import MtlueError, WeightsError
-from mtlue_cli.files import file_sha256, write_text
+from mtlue_cli.files import atomic_write, file_sha256, write_text
 from mtlue_cli.models.card import model_card
 from mtlue_cli.models.embedding import DENSE_KINDS
 
@@ -245,13 +245,14 @@ def _labeller(folder: Path, expected_sha256: str | None = None) -> Any:
 
 def save_labeller(labeller: Any, folder: Path) -> None:
     """Write a `models.labeller.Labeller` into a generator folder: `labeller.safetensors` and `labeller.json`."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in labeller.state_dict().items()}, str(folder / LABELLER_WEIGHTS),
-              metadata={"format": "pt", "kind": labeller.kind})
-    (folder / LABELLER_CONFIG).write_text(json.dumps(labeller.config, indent=2) + "\n")
+    blob = save({k: v.detach().cpu().contiguous() for k, v in labeller.state_dict().items()},
+                metadata={"format": "pt", "kind": labeller.kind})  # bytes: written atomically with the usual mode
+    atomic_write(folder / LABELLER_WEIGHTS, lambda tmp: tmp.write_bytes(blob))
+    write_text(folder / LABELLER_CONFIG, json.dumps(labeller.config, indent=2) + "\n")
 
 
 def load_labeller(folder: Path) -> Any:
