@@ -124,6 +124,33 @@ def publish(work: Path, args: argparse.Namespace) -> None:
     print(f"wrote {out} and the registry entry {ALIAS!r}")
 
 
+def labeller_card(out: Path) -> None:
+    """The card's paragraph on the labeller, from fit_record.json's "labeller" entry and, when it exists,
+    `labelfree.py predicted`'s measure of protection with predicted labels."""
+    from mtlue_cli.files import write_text
+    from mtlue_cli.models.card import model_card
+    from mtlue_cli.models.persistence import LABELLER_WEIGHTS, load_folder, load_labeller
+
+    model, _, meta = load_folder(out)
+    record = json.loads((out / "fit_record.json").read_text())
+    lab = record["labeller"]
+    text = (f"The labeller (`labeller.safetensors`, {lab['params']:,} parameters, "
+            f"{(out / LABELLER_WEIGHTS).stat().st_size / 1e6:.1f} MB) was trained on {lab['images']:,} of these faces "
+            f"and predicts, on the {lab['test_images']} held out: " + ", ".join(
+                f"`{t}` {a:.0%} right (majority class {lab['majority'][t]:.0%})" for t, a in lab["accuracy"].items()) + ".")
+    measured = HERE / "results" / "labelfree-predicted.json"
+    if measured.is_file():
+        mean = {k: v["mean"]["by_defense"]["none"] for k, v in json.loads(measured.read_text())["verify"].items()}
+        clean = next(iter(json.loads(measured.read_text())["verify"].values()))["mean"]["clean_acc"]
+        text += (f" **Predicted labels protect far less than true ones**: on faces neither had seen, victims trained with "
+                 f"the true labels averaged {mean['predicted labels']:.1%} when the labels were predicted, "
+                 f"{mean['true labels']:.1%} when they were given, {clean:.1%} from the originals "
+                 "(`benchmarks/RESULTS.md`, \"Protection without labels\"). Give the labels you have.")
+    record["card"]["labeller"] = text
+    (out / "fit_record.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_text(out / "README.md", model_card(model.config, meta, record, labeller=load_labeller(out).config))
+
+
 def ship_labeller(args: argparse.Namespace) -> None:
     """Train the labeller `protect` uses on faces without labels (issue 30): a small CNN on the seeded 80% of the
     shared set that `protect --holdout 0.2 --seed 0` keeps, measured on the other 20%; written beside the bundled
@@ -135,10 +162,9 @@ def ship_labeller(args: argparse.Namespace) -> None:
     from mtlue_cli.config import DataConfig
     from mtlue_cli.data.dataset import held_out, load_dataset
     from mtlue_cli.data.labels import UTK_CLASS_NAMES
-    from mtlue_cli.files import file_sha256, write_text
+    from mtlue_cli.files import file_sha256
     from mtlue_cli.fit.pseudo import predict, train_labeller
-    from mtlue_cli.models.card import model_card
-    from mtlue_cli.models.persistence import LABELLER_WEIGHTS, load_folder, save_labeller
+    from mtlue_cli.models.persistence import LABELLER_WEIGHTS, save_labeller
     from strength import machine
 
     torch.set_num_threads(args.threads)
@@ -159,21 +185,14 @@ def ship_labeller(args: argparse.Namespace) -> None:
     majority = {t: float(torch.bincount(held.labels[:, k]).max()) / len(held) for k, t in enumerate(held.spec.names)}
     out = PRETRAINED / ALIAS
     save_labeller(labeller, out)
-    model, _, meta = load_folder(out)
     record = json.loads((out / "fit_record.json").read_text())
     record["labeller"] = {"images": len(train_idx), "test_images": len(test_idx), "epochs": args.labeller_epochs,
                           "seconds": round(seconds, 1), "params": sum(p.numel() for p in labeller.parameters()),
                           "accuracy": accuracy, "majority": majority, "machine": machine(),
                           "command": "python benchmarks/faces.py --labeller " + " ".join(sys.argv[2:]),
                           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    record["card"]["labeller"] = (
-        f"The labeller (`labeller.safetensors`, {record['labeller']['params']:,} parameters, "
-        f"{(out / LABELLER_WEIGHTS).stat().st_size / 1e6:.1f} MB) was trained on {len(train_idx):,} of these faces "
-        f"and predicts, on the {len(test_idx)} held out: " + ", ".join(
-            f"`{t}` {accuracy[t]:.0%} right (majority class {majority[t]:.0%})" for t in accuracy)
-        + ". Its mistakes weaken protection: see `benchmarks/RESULTS.md`, \"Protection without labels\".")
     (out / "fit_record.json").write_text(json.dumps(record, indent=2) + "\n")
-    write_text(out / "README.md", model_card(model.config, meta, record, labeller=labeller.config))
+    labeller_card(out)
     path = PRETRAINED / "registry.json"
     registry = json.loads(path.read_text())
     registry["aliases"][ALIAS]["labeller_sha256"] = file_sha256(out / LABELLER_WEIGHTS)
@@ -193,9 +212,12 @@ def main() -> None:
     parser.add_argument("--from", dest="source", default=None, help="ship this fitted generator folder instead of fitting")
     parser.add_argument("--labeller", action="store_true", help="train and ship the labeller beside the bundled generator")
     parser.add_argument("--labeller-epochs", type=int, default=30)
+    parser.add_argument("--labeller-card", action="store_true", help="rewrite the card's labeller paragraph only")
     args = parser.parse_args()
     if args.labeller:
         return ship_labeller(args)
+    if args.labeller_card:
+        return labeller_card(PRETRAINED / ALIAS)
     work = Path(args.source) if args.source else fit(args)
     publish(work, args)
 

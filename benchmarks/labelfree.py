@@ -73,6 +73,10 @@ def _fit(data: Any, gen_dir: Path, args: argparse.Namespace, exclude: set[str], 
 
     cfg = make_config(FitConfig, FIT_RECIPES["cpu"], device="cpu", epochs=args.epochs, clusters=tuple(args.clusters))
     cfg = dataclasses.replace(cfg, time_budget=None)  # a fixed number of epochs: a busy machine cannot shorten them
+    if args.reuse and (gen_dir / "fit_record.json").is_file():  # a generator this script fitted before
+        record = json.loads((gen_dir / "fit_record.json").read_text())
+        return {"epochs_run": record["result"]["epochs_run"], "seconds": record["result"]["seconds"],
+                "clusters": record.get("clusters"), "image_size": cfg.image_size, "method": cfg.method, "reused": True}
     shutil.rmtree(gen_dir, ignore_errors=True)
     report = fit_folder(data, cfg, gen_dir, on_event=_epoch_log(name), exclude=exclude)
     return {"epochs_run": report.result.epochs_run, "seconds": report.result.seconds, "clusters": report.clusters,
@@ -277,6 +281,7 @@ def main() -> None:
     parser.add_argument("--defenses", nargs="+", default=["none", "grayscale", "jpeg10", "bdr2"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", default=str(HERE / "_work" / "labelfree"))
+    parser.add_argument("--reuse", action="store_true", help="reuse the generator this script fitted before in --work")
     parser.add_argument("--out", default=None, help="JSON to write")
     parser.add_argument("--markdown", nargs="*", default=None, help="render these JSON files into RESULTS.md")
     args = parser.parse_args()

@@ -126,8 +126,8 @@ def _epoch_log(name: str) -> Any:
     """Print each generator epoch's line (a long background fit is polled through its log)."""
     def on_event(kind: str, data: dict[str, Any]) -> None:
         if kind == "epoch":
-            print(json.dumps({"variant": name, **{k: data[k] for k in ("epoch", "of", "loss", "attacked_acc", "seconds")}}),
-                  flush=True)
+            print(json.dumps({"variant": name, **{k: data[k] for k in ("epoch", "of", "loss", "attacked_acc", "seconds",
+                                                                       "stage") if k in data}}), flush=True)
         elif kind == "victim":
             print(json.dumps({"variant": name, **data}), flush=True)
         elif kind == "end":
