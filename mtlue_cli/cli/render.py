@@ -144,8 +144,8 @@ def print_problems(problems: list[Any], style: str, limit: int = 20, line: Any =
 CLUSTER_CAVEAT = ("[yellow]clusters are not an attacker's labels[/]: δ is keyed to them, so it hurts a model trained "
                   "on real labels only as far as the clusters follow those labels. On UTKFace faces they did not "
                   "(victims trained on the true age, race and gender reached clean accuracy: benchmarks/RESULTS.md, "
-                  "\"Protection without labels\"). Label the images (--labels), or use a generator with a labeller "
-                  "(faces-utkface), and check with `mtlue verify --labels`.")
+                  "\"Protection without labels\"). Label the images (--labels); for faces, faces-utkface's labeller "
+                  "protects in part. Check with `mtlue verify --labels`.")
 
 PREDICTED_CAVEAT = ("[yellow]predicted labels protect less than true ones[/]: wherever a guess is wrong, δ is keyed "
                     "to the wrong class. With faces-utkface on faces it never saw, victims trained with the true labels "
