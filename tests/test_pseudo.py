@@ -134,8 +134,9 @@ def test_fit_protect_verify_without_labels(tmp_path, make_image):
     from mtlue_cli.verify.run import VerifyRequest, verify_folder
 
     vcfg = VerifyConfig(epochs=1, defenses=("none",), res=16, device="cpu", time_budget=None, batch_size=8)
-    sanity = verify_folder(VerifyRequest(out), vcfg)
+    sanity = verify_folder(VerifyRequest(out, save=True), vcfg)
     assert sanity.notes[0].startswith("SANITY CHECK ONLY") and [t.task for t in sanity.tasks] == ["cluster_k2", "cluster_k3"]
+    assert sanity.verdict != "effective" and not (out / "verify.json").exists()  # never published as a measure
     real = verify_folder(VerifyRequest(out, labels=truth), vcfg)
     assert [t.task for t in real.tasks] == ["kind"] and not any("SANITY" in n for n in real.notes)
 

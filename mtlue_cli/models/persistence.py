@@ -229,15 +229,19 @@ def _download(repo_id: str, revision: str | None, cache_dir: Path | None) -> Pat
         try:
             hf_hub_download(repo_id, name, revision=revision, cache_dir=cache_dir, library_name="mtlue",
                             library_version=__version__)
-        except (EntryNotFoundError, HfHubHTTPError, OSError):
+        except EntryNotFoundError:  # no labeller in the repo (or, offline, none in the cache)
             break
+        except (HfHubHTTPError, OSError) as exc:  # a failed download is not "no labeller"
+            raise WeightsError(f"{repo_id}: download of {name} failed ({exc}); check the network") from None
     return folder
 
 
 def _labeller(folder: Path, expected_sha256: str | None = None) -> Any:
     """The labeller beside a generator (None without one), checked against its pinned sha256 where there is one."""
     weights = folder / LABELLER_WEIGHTS
-    if expected_sha256 is not None and weights.is_file() and file_sha256(weights) != expected_sha256:
+    if expected_sha256 is not None and not weights.is_file():
+        raise WeightsError(f"{weights}: missing, but the registry pins a labeller for this generator; download it again")
+    if expected_sha256 is not None and file_sha256(weights) != expected_sha256:
         raise WeightsError(f"{weights}: sha256 does not match the pinned one; the file was modified or corrupted: "
                            "delete it and download again")
     return load_labeller(folder)

@@ -297,11 +297,12 @@ def verify_folder(request: VerifyRequest, cfg: VerifyConfig, on_event: OnEvent |
     if request.test is not None:
         test = DataConfig(root=request.test, **{**where, "labels": request.test_labels or where["labels"]})
     report = verify(clean, protected, cfg, test, on_event)
-    if sanity:
+    if sanity:  # never a verdict of "effective", and not saved: publish would put it on the card as a measure
+        report.sanity = True
         report.notes.insert(0, f"SANITY CHECK ONLY: these images have no true labels, so the victims used the labels "
                             f"mtlue predicted ({PREDICTED}). An attacker labels the images their own way: pass --labels "
-                            "with true labels to measure the protection")
-    if request.save:
+                            f"with true labels to measure the protection (this run is not saved to {outputs.VERIFY})")
+    if request.save and not sanity:
         try:
             outputs.write_verify(protected, report.to_dict())
         except OSError as exc:

@@ -152,6 +152,7 @@ class VerifyReport:
     plot: str | None = None  # the PNG written by --plot
     notes: list[str] = field(default_factory=list)  # things the run could not do, said plainly
     dense_threshold: float | None = None  # VerifyConfig.dense_threshold where there are label-map tasks
+    sanity: bool = False  # the victims used mtlue's own predicted labels (issue 30): never "effective"
 
     @property
     def broken_by(self) -> dict[str, list[str]]:
@@ -185,7 +186,7 @@ class VerifyReport:
         clean-trained victim did not learn some task) or "effective"."""
         if self.broken_by:
             return "not effective"
-        return "inconclusive" if self.unlearned else "effective"
+        return "inconclusive" if self.unlearned or self.sanity else "effective"
 
     @property
     def effective(self) -> bool:
@@ -209,7 +210,7 @@ class VerifyReport:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out.update(effective=self.effective, verdict=self.verdict, unlearned=self.unlearned, failing=self.failing,
+        out.update(effective=self.effective, verdict=self.verdict, sanity=self.sanity, unlearned=self.unlearned, failing=self.failing,
                    broken_by=self.broken_by, within_noise=self.within_noise,
                    profile=[asdict(p) for p in self.profile])
         for row, task in zip(self.tasks, out["tasks"]):  # label maps: the ratio each verdict read
