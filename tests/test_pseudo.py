@@ -65,6 +65,8 @@ def test_cluster_labeller_is_seeded_linear_nearest_centroid():
     assert torch.equal(torch.cdist(f, centroids).argmin(1), labels[:, 1])
     with pytest.raises(ConfigError, match="too few"):
         pseudo.cluster_labeller(x[:5], (3,))
+    with pytest.raises(ConfigError, match="only 3 distinct images"):  # copies of 3 photos cannot fill 5 clusters
+        pseudo.cluster_labeller(x[[0, 10, 20] * 4], (5,), feature_size=8, components=4)
 
 
 def test_labeller_round_trip_is_strict(tmp_path):

@@ -62,10 +62,14 @@ def kmeans(features: torch.Tensor, k: int, gen: torch.Generator, restarts: int =
             assign = dist.argmin(1)
             new = torch.zeros_like(c).index_add_(0, assign, features)
             counts = torch.bincount(assign, minlength=k)
+            own = dist.gather(1, assign[:, None]).squeeze(1).clone()
             for j in (counts == 0).nonzero().flatten().tolist():  # re-seed an empty cluster at the worst-fitted point
-                far = int(dist.gather(1, assign[:, None]).squeeze(1).argmax())
+                far = int(own.argmax())
+                old = int(assign[far])
+                new[old] -= features[far]  # the point leaves its cluster
+                counts[old] -= 1
                 new[j], counts[j] = features[far], 1
-                assign[far] = j
+                assign[far], own[far] = j, -1.0  # not picked twice
             new = new / counts[:, None].clamp(min=1)
             moved = (new - c).abs().max()
             c = new
@@ -98,6 +102,10 @@ def cluster_labeller(images: torch.Tensor, clusters: tuple[int, ...], seed: int 
     labeller = Labeller(tasks, "clusters", feature_size, q, in_channels=images.shape[1])
     labeller.mean.copy_(mean), labeller.scale.copy_(scale), labeller.basis.copy_(basis)
     features = standard @ basis
+    distinct = len(torch.unique(features, dim=0))
+    if distinct < max(clusters):  # duplicates: k-means cannot give every cluster members
+        raise ConfigError(f"only {distinct} distinct images: too few for {max(clusters)} clusters; give --clusters "
+                          f"under {max(distinct, 2)}")
     with torch.no_grad():
         for head, k in zip(labeller.heads, clusters):
             c = kmeans(features, k, gen)  # nearest centroid as a linear layer: argmax 2 c.f - |c|^2
