@@ -67,7 +67,9 @@ def fit_folder(data: DataConfig, cfg: FitConfig, out: Path, on_event: OnEvent | 
         dataset = pseudo.relabelled(dataset, labeller)
         clusters = pseudo.cluster_counts(dataset)
         log(on_event or noop, f"no labels: fitting on {len(clusters)} pseudo-task(s) of k-means clusters of the images "
-            f"({', '.join(f'{t}: {len(c)} clusters' for t, c in clusters.items())}); protect predicts them the same way")
+            f"({', '.join(f'{t}: {len(c)} clusters' for t, c in clusters.items())}); protect predicts them the same way. "
+            "Clusters are not an attacker's labels: on faces they gave no protection against models trained on true "
+            "labels (benchmarks/RESULTS.md). Forgot --labels? Stop now and pass them", "warning")
         save_labeller(labeller, out)
     result = fit_generator(dataset, cfg, out, on_event)
     return FitReport(result, out, list(dataset.spec.names), len(dataset), dataset.skipped,

@@ -27,6 +27,7 @@ from mtlue_cli.errors import ConfigError
 from mtlue_cli.files import atomic_write, write_text
 
 MANIFEST, RUN, LABELS, VERIFY = "manifest.jsonl", "run.json", "labels.csv", "verify.json"
+PREDICTED = "predicted_labels.csv"  # the labels protect predicted (protect.predicted, issue 30)
 GENERATOR_DIR = "generator"  # the generator `protect` fitted for this folder when none was given
 PART = re.compile(r"manifest\.rank(\d+)\.jsonl")  # one per torchrun process until rank 0 merges them
 DONE = ("ok", "resumed")
@@ -99,7 +100,7 @@ def check_out(root: Path, out: Path, cfg: ProtectConfig) -> None:
 
 def clear(out: Path) -> None:
     """--overwrite: forget an earlier run's records, so nothing of it counts as done."""
-    for path in (out / MANIFEST, out / RUN, *parts(out)):
+    for path in (out / MANIFEST, out / RUN, out / PREDICTED, *parts(out)):
         path.unlink(missing_ok=True)
 
 

@@ -16,7 +16,7 @@ from mtlue_cli.errors import DatasetError
 from mtlue_cli.events import OnEvent, log
 from mtlue_cli.files import atomic_write
 
-PREDICTED = "predicted_labels.csv"
+from mtlue_cli.protect.outputs import PREDICTED  # noqa: F401 (re-exported: verify imports it from here)
 
 
 def predict_missing(table: LabelTable, loaded: Any, data: DataConfig, on_event: OnEvent) -> tuple[LabelTable, list[str]]:
@@ -36,6 +36,9 @@ def predict_missing(table: LabelTable, loaded: Any, data: DataConfig, on_event: 
                                "(`mtlue fit` clusters unlabelled images into pseudo-labels)")
         return table, []
     names = [t for t in missing if labeller.tasks.get(t) == list(tasks[t])]
+    if len(names) < len(missing):  # a labeller of other classes is no use for these tasks: said, not hidden
+        log(on_event, f"the generator's labeller does not predict {', '.join(t for t in missing if t not in names)} "
+            "in the generator's classes; those tasks cannot be predicted", "warning")
     if not names:
         return table, []
     bare = dataclasses.replace(table, spec=TaskSpec((), ()), problems=[],

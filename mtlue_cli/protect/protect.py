@@ -77,7 +77,8 @@ def _label_remap(table: LabelTable, tasks: dict[str, list[str]]) -> tuple[list[t
     missing = [t for t in tasks if t not in table.spec.names]
     if len(missing) == len(tasks):
         raise DatasetError(f"the labels have none of the generator's tasks {list(tasks)} (they have "
-                           f"{list(table.spec.names)}); use labels with at least one of them (see its README.md)")
+                           f"{list(table.spec.names) or 'none'}); pass labels with one of them, or let a generator with "
+                           "a labeller predict them (no --no-predict-labels)")
     remap: list[tuple[int, np.ndarray | None]] = []
     for name in (t for t in tasks if t not in missing):
         k = table.spec.names.index(name)
