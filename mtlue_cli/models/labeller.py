@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 KINDS = ("clusters", "classifier")
-MAX_CLASSES = 1000
+MAX_CLASSES, MAX_TASKS = 1000, 64
+MAX_BASIS = 1 << 24  # a clusters labeller's principal components, in floats (64 MB): 3 x 64 x 64 x 1024 fits
 
 
 def _cnn(in_channels: int, width: int) -> nn.Sequential:
@@ -51,10 +52,12 @@ class Labeller(nn.Module):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"unknown labeller kind {kind!r}: use one of {', '.join(KINDS)}")
-        if not tasks or min(len(c) for c in tasks.values()) < 2 or max(len(c) for c in tasks.values()) > MAX_CLASSES:
-            raise ValueError(f"a labeller needs tasks of 2 to {MAX_CLASSES} classes each")
+        if not 0 < len(tasks) <= MAX_TASKS or min(len(c) for c in tasks.values()) < 2 or \
+                max(len(c) for c in tasks.values()) > MAX_CLASSES:
+            raise ValueError(f"a labeller needs 1 to {MAX_TASKS} tasks of 2 to {MAX_CLASSES} classes each")
         # Caps before anything is allocated: a labeller.json from the Hub is not trusted (persistence.load_labeller).
-        if not (8 <= feature_size <= 256 and 1 <= features <= 1024 and 1 <= width <= 128 and in_channels in (1, 3)):
+        if not (8 <= feature_size <= 256 and 1 <= features <= 1024 and 1 <= width <= 128 and in_channels in (1, 3)) or (
+                kind == "clusters" and in_channels * feature_size ** 2 * features > MAX_BASIS):
             raise ValueError(f"labeller sizes out of range: feature_size {feature_size}, features {features}, "
                              f"width {width}, in_channels {in_channels}")
         self.tasks = {str(t): [str(c) for c in classes] for t, classes in tasks.items()}

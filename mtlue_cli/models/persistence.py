@@ -272,10 +272,14 @@ def load_labeller(folder: Path) -> Any:
         return None
     if not (weights.is_file() and config.is_file()):
         raise WeightsError(f"{folder}: {LABELLER_WEIGHTS} and {LABELLER_CONFIG} go together; one of them is missing")
+    from safetensors import SafetensorError
+
+    if config.stat().st_size > MAX_CONFIG_BYTES:
+        raise WeightsError(f"{config}: over {MAX_CONFIG_BYTES} bytes; not a labeller config")
     try:
         labeller = Labeller(**json.loads(config.read_text()))
         labeller.load_state_dict(load_file(str(weights)), strict=True)
-    except (ValueError, TypeError, RuntimeError, OSError) as exc:
+    except (ValueError, TypeError, RuntimeError, OSError, SafetensorError) as exc:
         raise WeightsError(f"{folder}: the labeller cannot be loaded ({str(exc).splitlines()[0]})") from None
     return labeller.eval()
 
