@@ -157,6 +157,10 @@ def _render_verdict(report: Any, extra: list[str]) -> None:
                       f"majority class (or a uniform guess, where higher){rule} when trained on the protected files"
                       + (f", also after {', '.join(extra)}" if extra else ""))
         return
+    if report.verdict == "inconclusive" and getattr(report, "sanity", False):
+        console.print("[bold yellow]no verdict[/]: the victims trained on mtlue's own predicted labels, not an "
+                      "attacker's; pass --labels with the true labels to measure the protection.")
+        return
     if report.verdict == "inconclusive":
         console.print(f"[bold yellow]no verdict[/]: the victim trained on the originals did not learn "
                       f"{', '.join(report.unlearned)} either (within {report.threshold:g} points of the baseline"
