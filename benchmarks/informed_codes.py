@@ -42,17 +42,20 @@ def codes(num_classes: list[int], tile: int, seed: int) -> list[Any]:
     return [torch.randint(0, 2, (c, tile, tile), generator=gen).float() * 2 - 1 for c in num_classes]
 
 
-def delta64(tiles: list[Any], labels: list[int], offsets: list[tuple[int, int]], size: int = 64) -> Any:
-    """(size, size) δ in units of ε: the mean over tasks of each task's class tile, tiled and rolled by its offset."""
+def delta64(tiles: list[Any], labels: list[int], offsets: list[tuple[int, int]], size: int = 64,
+            weights: list[float] | None = None) -> Any:
+    """(size, size) δ in units of ε: the weighted mean over tasks (equal weights by default) of each task's class
+    tile, tiled and rolled by its offset."""
     import torch
 
+    weights = weights or [1.0] * len(tiles)
     total = torch.zeros(size, size)
-    for t, y, (dy, dx) in zip(tiles, labels, offsets):
+    for t, y, (dy, dx), w in zip(tiles, labels, offsets, weights):
         p = t.shape[-1]
         reps = -(-size // p) + 1
         plane = t[y].repeat(reps, reps)
-        total += plane[dy:dy + size, dx:dx + size]
-    return total / len(tiles)
+        total += w * plane[dy:dy + size, dx:dx + size]
+    return total / sum(weights)
 
 
 def write_protected(data: Any, table: Any, test: set[str], out: Path, variant: str, args: argparse.Namespace) -> dict:
@@ -74,7 +77,7 @@ def write_protected(data: Any, table: Any, test: set[str], out: Path, variant: s
             continue
         offsets = [tuple(int(v) for v in torch.randint(0, args.tile, (2,), generator=gen)) if variant == "shifted"
                    else (0, 0) for _ in tiles]
-        d = delta64(tiles, list(r.labels), offsets)[None, None]  # (1, 1, 64, 64)
+        d = delta64(tiles, list(r.labels), offsets, weights=args.weights)[None, None]  # (1, 1, 64, 64)
         img = np.asarray(Image.open(Path(data.root) / r.path).convert("RGB"), dtype=np.float32) / 255
         h, w = img.shape[:2]
         d = F.interpolate(d, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy() * eps
@@ -97,6 +100,8 @@ def main() -> None:
     parser.add_argument("--variants", default="fixed,shifted")
     parser.add_argument("--tile", type=int, default=8, help="texture period at 64 px")
     parser.add_argument("--epsilon", type=float, default=8.0, help="L-inf budget in /255")
+    parser.add_argument("--weights", type=lambda t: [float(v) for v in t.split(",")], default=None,
+                        help="each task's share of ε, e.g. 0,0,1: all of it for the third task (default: equal)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--victim-epochs", type=int, default=8)
     parser.add_argument("--victim-seeds", type=victim_seeds, default=[0])
@@ -135,7 +140,8 @@ def main() -> None:
                             batch_size=128, time_budget=None, seeds=len(args.victim_seeds),
                             victim_seed=args.victim_seeds[0], detect=True)
         rep = verify(dataclasses.replace(data, size=64), folder, vcfg, on_event=_epoch_log(variant)).to_dict()
-        record["results"].append({"name": f"code-{variant}", "protect": written, "verify": {"64": rep},
+        tag = "" if not args.weights else "-w" + ":".join(f"{w:g}" for w in args.weights)
+        record["results"].append({"name": f"code-{variant}{tag}", "protect": written, "verify": {"64": rep},
                                   "fit": {"epochs_run": 0, "seconds": 0}})
         out = Path(args.out or HERE / "_work" / "informed-codes.json")
         out.parent.mkdir(parents=True, exist_ok=True)
