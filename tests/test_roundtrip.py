@@ -104,15 +104,17 @@ def test_face_generator_names_indices_partial_labels_and_hub_round_trip(tmp_path
     indices.write_text("path,age,race,gender\n" + "".join(",".join((r[0], *r[4:])) + "\n" for r in rows))
     gender.write_text("path,gender\n" + "".join(f"{r[0]},{r[3]}\n" for r in rows))
 
-    def protect(spec: str, labels: Path, out: str):
+    def protect(spec: str, labels: Path, out: str, predict: bool = True):
         report = protect_dataset(load_generator(spec), DataConfig(root=root, labels=labels), tmp_path / out,
-                                 ProtectConfig(device="cpu"))
+                                 ProtectConfig(device="cpu", predict_labels=predict))
         return report, digests(tmp_path / out)
 
     _, by_names = protect("faces-utkface", names, "p-names")
     assert protect("faces-utkface", indices, "p-indices")[1] == by_names and len(by_names) == 3
-    partial, by_gender = protect("faces-utkface", gender, "p-gender")
+    partial, by_gender = protect("faces-utkface", gender, "p-gender", predict=False)
     assert partial.unprotected_tasks == ["age", "race"] and by_gender != by_names
+    predicted, _ = protect("faces-utkface", gender, "p-predicted")  # its labeller fills in age and race (issue 30)
+    assert predicted.predicted_tasks == ["age", "race"] and predicted.unprotected_tasks == []
 
     exported = tmp_path / "exported"
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
