@@ -140,8 +140,9 @@ def labeller_card(out: Path) -> None:
                 f"`{t}` {a:.0%} right (majority class {lab['majority'][t]:.0%})" for t, a in lab["accuracy"].items()) + ".")
     measured = HERE / "results" / "labelfree-predicted.json"
     if measured.is_file():
-        mean = {k: v["mean"]["by_defense"]["none"] for k, v in json.loads(measured.read_text())["verify"].items()}
-        clean = next(iter(json.loads(measured.read_text())["verify"].values()))["mean"]["clean_acc"]
+        runs = json.loads(measured.read_text())["verify"]
+        mean = {k: v["mean"]["by_defense"]["none"] for k, v in runs.items()}
+        clean = next(iter(runs.values()))["mean"]["clean_acc"]
         text += (f" **Predicted labels protect far less than true ones**: on faces neither had seen, victims trained with "
                  f"the true labels averaged {mean['predicted labels']:.1%} when the labels were predicted, "
                  f"{mean['true labels']:.1%} when they were given, {clean:.1%} from the originals "

@@ -15,8 +15,7 @@ from mtlue_cli.data.tasks import LabelTable, TaskSpec
 from mtlue_cli.errors import DatasetError
 from mtlue_cli.events import OnEvent, log
 from mtlue_cli.files import atomic_write
-
-from mtlue_cli.protect.outputs import PREDICTED  # noqa: F401 (re-exported: verify imports it from here)
+from mtlue_cli.protect.outputs import PREDICTED
 
 
 def predict_missing(table: LabelTable, loaded: Any, data: DataConfig, on_event: OnEvent) -> tuple[LabelTable, list[str]]:

@@ -23,7 +23,7 @@ from mtlue_cli.errors import ConfigError, DatasetError
 from mtlue_cli.events import OnEvent, log, noop
 from mtlue_cli.files import write_text
 from mtlue_cli.protect import outputs
-from mtlue_cli.protect.predicted import PREDICTED, labelled_as_originals
+from mtlue_cli.protect.predicted import labelled_as_originals
 from mtlue_cli.verify import dense
 from mtlue_cli.verify.verdict import DefenseProfile, TaskRow, VerifyReport, judge, mean_sd  # noqa: F401 (the public names)
 
@@ -284,9 +284,9 @@ def verify_folder(request: VerifyRequest, cfg: VerifyConfig, on_event: OnEvent |
     cfg = dataclasses.replace(cfg, test_split=test_split, seed=seed)
     layout = run.layout if request.layout == "auto" and run.layout else request.layout
     labels = request.labels or run.labels_file
-    sanity = labels is None and layout == "unlabelled" and (protected / PREDICTED).is_file()
+    sanity = labels is None and layout == "unlabelled" and (protected / outputs.PREDICTED).is_file()
     if sanity:  # no true labels anywhere: only the generator's own guesses to check against (issue 30)
-        labels, layout = protected / PREDICTED, "csv"
+        labels, layout = protected / outputs.PREDICTED, "csv"
     elif layout == "unlabelled" and labels is not None:  # protected without labels, verified with the true ones
         layout = "auto"
     where = dict(labels=labels, layout=layout, tasks=request.tasks or run.tasks,
@@ -300,8 +300,9 @@ def verify_folder(request: VerifyRequest, cfg: VerifyConfig, on_event: OnEvent |
     if sanity:  # never a verdict of "effective", and not saved: publish would put it on the card as a measure
         report.sanity = True
         report.notes.insert(0, f"SANITY CHECK ONLY: these images have no true labels, so the victims used the labels "
-                            f"mtlue predicted ({PREDICTED}). An attacker labels the images their own way: pass --labels "
-                            f"with true labels to measure the protection (this run is not saved to {outputs.VERIFY})")
+                            f"mtlue predicted ({outputs.PREDICTED}). An attacker labels the images their own way: pass "
+                            f"--labels with true labels to measure the protection (this run is not saved to "
+                            f"{outputs.VERIFY})")
     if request.save and not sanity:
         try:
             outputs.write_verify(protected, report.to_dict())
