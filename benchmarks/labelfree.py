@@ -68,7 +68,8 @@ def _protect(loaded: Any, data: Any, out: Path) -> dict[str, Any]:
 
 
 def _fit(data: Any, gen_dir: Path, args: argparse.Namespace, exclude: set[str], name: str) -> dict[str, Any]:
-    from mtlue_cli.config import FIT_RECIPES, FitConfig, make_config
+    from mtlue_cli.config import FitConfig, make_config
+    from mtlue_cli.recipes import FIT_RECIPES
     from mtlue_cli.fit.folder import fit_folder
 
     cfg = make_config(FitConfig, FIT_RECIPES["cpu"], device="cpu", epochs=args.epochs, clusters=tuple(args.clusters))

@@ -63,7 +63,8 @@ def run_variant(name: str, fields: dict[str, Any], args: argparse.Namespace) -> 
     import torch
 
     torch.set_num_threads(max(1, args.threads))
-    from mtlue_cli.config import FIT_RECIPES, DataConfig, FitConfig, ProtectConfig, VerifyConfig, make_config
+    from mtlue_cli.config import DataConfig, FitConfig, ProtectConfig, VerifyConfig, make_config
+    from mtlue_cli.recipes import FIT_RECIPES
     from mtlue_cli.data.dataset import held_out
     from mtlue_cli.data.labels import read_labels
     from mtlue_cli.fit.folder import fit_folder

@@ -166,7 +166,7 @@ def test_torchrun_two_gloo_processes_write_one_generator(tmp_path):
 
 
 def test_protect_without_generator_fits_one_and_verify_reads_run_json(monkeypatch, tiny_csv_dataset, tmp_path):
-    from mtlue_cli.config import FIT_RECIPES
+    from mtlue_cli.recipes import FIT_RECIPES
     from mtlue_cli.models.persistence import load_generator
 
     # A quicker default recipe for the test: the real fit, protect and run.json, at 16 px.

@@ -15,8 +15,6 @@ from typer.testing import CliRunner
 
 from mtlue_cli.cli import app
 from mtlue_cli.config import (
-    FIT_RECIPES,
-    VERIFY_RECIPES,
     DataConfig,
     FitConfig,
     ProtectConfig,
@@ -24,6 +22,7 @@ from mtlue_cli.config import (
     make_config,
 )
 from mtlue_cli.protect.protect import ProtectReport
+from mtlue_cli.recipes import FIT_RECIPES, VERIFY_RECIPES
 from mtlue_cli.verify.verdict import TaskRow, VerifyReport
 
 runner = CliRunner()

@@ -10,8 +10,6 @@ import pytest
 
 from mtlue_cli import config
 from mtlue_cli.config import (
-    FIT_RECIPES,
-    VERIFY_RECIPES,
     DataConfig,
     FitConfig,
     ProtectConfig,
@@ -19,6 +17,7 @@ from mtlue_cli.config import (
     make_config,
 )
 from mtlue_cli.errors import ConfigError
+from mtlue_cli.recipes import FIT_RECIPES, VERIFY_RECIPES
 
 # (config class, bad fields, what the message must say: the flag, the value and the allowed values)
 BAD = [
@@ -98,7 +97,8 @@ def test_bad_option_names_field_value_and_allowed_values(cls, bad, message) -> N
 def test_every_allowed_value_and_every_recipe_builds() -> None:
     for field, allowed in [("method", config.METHODS), ("bound", config.BOUNDS), ("width", config.WIDTHS),
                            ("conditioning", config.CONDITIONINGS), ("intra_form", config.ER_FORMS),
-                           ("tap_binary", config.TAP_BINARY), ("em_stop_mode", config.EM_STOP_MODES),
+                           ("tap_binary", config.TAP_BINARY), ("tap_dense", config.TAP_DENSE),
+                           ("em_stop_mode", config.EM_STOP_MODES),
                            ("amp", config.AMPS), ("surrogate", config.ARCHS), ("stem", config.GENERATOR_STEMS)]:
         for value in allowed:
             assert getattr(FitConfig(**{field: value, "crop": 32}), field) == value

@@ -75,3 +75,29 @@ def test_the_stop_check_counts_each_kinds_agreement(scenes):
 def test_op_squeeze_refuses_label_maps(tmp_path, scenes):
     with pytest.raises(ConfigError, match="label-map"):
         fit_generator(scenes, quick(method="tap", robust=("op",)), tmp_path / "gen")
+
+
+def test_tap_dense_untargeted_pushes_every_map_away_from_the_truth(scenes):
+    from mtlue_cli.fit.losses import tap_loss
+    from mtlue_cli.fit.methods import tap_kinds
+
+    kinds = scenes.spec.kinds
+    assert tap_kinds(kinds, "auto") == list(kinds)
+    untargeted = tap_kinds(kinds, "untargeted")
+    assert [k.dense for k in untargeted] == [k.dense for k in kinds]
+    assert [getattr(k, "tap_target", None) for k in untargeted] == [None, "untargeted", "untargeted", "untargeted"]
+    torch.manual_seed(0)
+    targets = scenes.targets([0, 1])
+    outputs = [torch.randn(2, 3), torch.randn(2, 4, 32, 32), torch.rand(2, 1, 32, 32), torch.randn(2, 3, 32, 32)]
+    dense_loss = [k.loss(z, t) for k, z, t in zip(kinds[1:], outputs[1:], targets[1:])]
+    away = tap_loss(outputs, targets, untargeted, binary_mode="targeted")
+    count = kinds[0].loss(outputs[0], kinds[0].shifted(targets[0]))
+    assert torch.allclose(away, (count - sum(dense_loss)) / 4)
+    assert not torch.allclose(away, tap_loss(outputs, targets, kinds, binary_mode="targeted"))
+
+
+def test_fit_accepts_tap_dense(tmp_path, scenes):
+    with pytest.raises(ConfigError, match="tap.dense"):
+        quick(tap_dense="reflect")
+    fit_generator(scenes, quick(method="tap", tap_dense="untargeted", epochs=1), tmp_path / "gen")
+    assert (tmp_path / "gen" / "config.json").is_file()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mtlue_cli"
-SHARED = ("config", "checks", "errors", "events", "files", "metrics")
+SHARED = ("config", "recipes", "checks", "errors", "events", "files", "metrics")
 # The data's path through the tool, lowest first: a module may import its own stage and the ones before it.
 STAGES = ("shared", "data", "models", "fit", "protect", "verify", "hub", "demo", "cli")
 MAX_LINES = 400

@@ -46,9 +46,10 @@ from mtlue_cli.cli.render import (
     render_recipe,
 )
 from mtlue_cli.cli.render_verify import render_verify
-from mtlue_cli.config import EPSILON_PRESETS, SQUEEZES, VERIFY_RECIPES, ProtectConfig, VerifyConfig, make_config
+from mtlue_cli.config import EPSILON_PRESETS, SQUEEZES, ProtectConfig, VerifyConfig, make_config
 from mtlue_cli.errors import ConfigError
 from mtlue_cli.files import write_text
+from mtlue_cli.recipes import VERIFY_RECIPES
 
 # verify's and demo's exit code per verdict (style rule 7: the exit code says what happened).
 VERDICT_EXIT = {"effective": 0, "not effective": 4, "inconclusive": 5}
@@ -126,6 +127,7 @@ def fit(
     lambda_inter: Annotated[Optional[float], typer.Option(help="Inter-task embedding regulariser weight (200).")] = None,
     intra_form: Annotated[Optional[str], typer.Option(help="code|paper form of the intra-task regulariser.")] = None,
     tap_binary: Annotated[Optional[str], typer.Option(help="auto|untargeted|targeted objective for binary tasks.")] = None,
+    tap_dense: Annotated[Optional[str], typer.Option(help="TAP on label maps: auto (each kind's target: a class shift, reflected depth, negated normals) or untargeted (away from the true map).")] = None,
     sep_recompute: Annotated[bool, typer.Option("--sep-recompute", help="SEP: regenerate δ per checkpoint, the official (slow) loop.")] = False,
     sep_paper_weighting: Annotated[bool, typer.Option("--sep-paper-weighting", help="SEP: official BN momentum (method-spec §14.1).")] = False,
     em_stop_mode: Annotated[Optional[str], typer.Option(help="EM stop check with the surrogate in eval (ours) or train (official) mode.")] = None,
@@ -167,6 +169,7 @@ def fit(
             "quick" if quick else recipe, method=method, epsilon=parse_epsilon(epsilon or preset), image_size=size,
             epochs=epochs, batch_size=batch_size, surrogate_epochs=surrogate_epochs, stop_error=stop_error,
             lambda_intra=lambda_intra, lambda_inter=lambda_inter, intra_form=intra_form, tap_binary=tap_binary,
+            tap_dense=tap_dense,
             sep_recompute=sep_recompute, sep_paper_weighting=sep_paper_weighting, em_stop_mode=em_stop_mode,
             unprotected=names(unprotected), surrogate=surrogate, bound=bound, checkpoint_every=checkpoint_every,
             resume=resume, amp=amp, device=device, seed=seed, width=width, stem=stem, stop_acc=stop_acc,

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mtlue_cli.config import FIT_RECIPES, DataConfig, FitConfig, make_config
+from mtlue_cli.config import DataConfig, FitConfig, make_config
+from mtlue_cli.recipes import FIT_RECIPES
 from mtlue_cli.data.dataset import load_dataset
 from mtlue_cli.data.labels import LabelTable
 from mtlue_cli.errors import ConfigError, FileProblem

@@ -24,7 +24,7 @@ from mtlue_cli.data.dataset import MultiTaskImageDataset
 from mtlue_cli.errors import ConfigError, Interrupted
 from mtlue_cli.events import OnEvent, log, noop
 from mtlue_cli.fit.losses import embedding_regulariser, sep_loss
-from mtlue_cli.fit.methods import METHODS, Method, Regulariser, binary_mode, true_labels
+from mtlue_cli.fit.methods import METHODS, Method, Regulariser, binary_mode, tap_kinds, true_labels
 from mtlue_cli.fit.squeezes import random_squeeze
 from mtlue_cli.fit.surrogate import FitContext, Surrogates, accuracy_on_perturbed, augment_batch, perturbed
 from mtlue_cli.models.classifiers import Targets
@@ -112,7 +112,8 @@ def fit_generator(dataset: MultiTaskImageDataset, cfg: FitConfig, out: Path, on_
     start_epoch, history = checkpoint.restore() if cfg.resume else (0, [])
     if cfg.resume:
         log(on_event, f"resumed after epoch {start_epoch}")
-    attack = _Attack(method, surrogates, binary_mode(cfg.tap_binary, dataset.spec.binary), tuple(cfg.robust),
+    attack = _Attack(method, surrogates, binary_mode(cfg.tap_binary, dataset.spec.binary),
+                     tap_kinds(dataset.spec.kinds, cfg.tap_dense), tuple(cfg.robust),
                      functools.partial(embedding_regulariser, lambda_intra=cfg.lambda_intra,
                                        lambda_inter=cfg.lambda_inter, form=cfg.intra_form),
                      method.regulariser_scale(len(surrogates.attacked), cfg.sep_recompute),
@@ -258,6 +259,7 @@ class _Attack:
     method: Method
     surrogates: Surrogates
     binary_mode: str
+    kinds: list[Any]  # what the objective reads: the tasks' kinds with --tap-dense applied (methods.tap_kinds)
     robust: tuple[str, ...]
     regulariser: Regulariser
     reg_scale: float
@@ -280,7 +282,7 @@ class _Attack:
         if self.method.augment:
             xp, targets = augment_batch(ctx, xp, targets)
         logits = [[t.float() for t in s(xp)] for s in self.surrogates.for_squeeze(name)]
-        loss = self.method.objective(logits, targets, ctx.kinds, self.binary_mode) + self.reg_scale * self.regulariser(
+        loss = self.method.objective(logits, targets, self.kinds, self.binary_mode) + self.reg_scale * self.regulariser(
             generator.embedding_weights())
         loss.backward()
         return loss

@@ -5,8 +5,9 @@ stop error and how the LR schedule and the regularisers are scaled. `fit.loop` r
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -67,3 +68,11 @@ def binary_mode(tap_binary: str, binary: tuple[bool, ...]) -> str:
     if tap_binary == "auto":
         return "untargeted" if all(binary) else "targeted"
     return tap_binary
+
+
+def tap_kinds(kinds: Sequence[Any], tap_dense: str) -> list[Any]:
+    """The task kinds the objective reads: with tap_dense "untargeted", every label-map kind's TAP pushes away from
+    the true map instead of towards its own target (method-spec §8 names no dense targets; data.dense_kinds)."""
+    if tap_dense == "auto":
+        return list(kinds)
+    return [dataclasses.replace(k, tap_target=tap_dense) if k.dense else k for k in kinds]
