@@ -143,6 +143,13 @@ def test_fit_protect_verify_without_labels(tmp_path, make_image):
     assert sanity.verdict != "effective" and not (out / "verify.json").exists()  # never published as a measure
     real = verify_folder(VerifyRequest(out, labels=truth), vcfg)
     assert [t.task for t in real.tasks] == ["kind"] and not any("SANITY" in n for n in real.notes)
+    from mtlue_cli.protect.outputs import source_map
+
+    gone = sorted(set(source_map(out).values()))[:2]  # two protected photos the attacker has no true label for
+    partial = tmp_path / "partial.csv"
+    partial.write_text("".join(line + "\n" for line in truth.read_text().splitlines() if line.split(",")[0] not in gone))
+    short = verify_folder(VerifyRequest(out, labels=partial), vcfg)
+    assert any(n.startswith("2 protected image(s) left out") for n in short.notes)  # reported, not silently dropped
 
     from mtlue_cli.hub.publish import PublishConfig, build_folder
 
@@ -228,3 +235,9 @@ def test_cli_inspect_fit_protect_without_labels(tmp_path, make_image):
     refused = runner.invoke(app, ["protect", str(root), "-g", str(tmp_path / "g"), "-o", str(tmp_path / "p2"),
                                   "--clusters", "3"])
     assert refused.exit_code != 0 and "--clusters is for the fit" in refused.output
+    (root / "zz.png").write_bytes(b"not a png")  # an undecodable photo: reported as failed, given no guess
+    partial = runner.invoke(app, ["protect", str(root), "-g", str(tmp_path / "g"), "-o", str(tmp_path / "p3"),
+                                  "--skip-bad"])
+    assert "zz.png" in partial.output, partial.output
+    with (tmp_path / "p3" / PREDICTED).open() as fh:
+        assert sorted(r["path"] for r in csv.DictReader(fh)) == sorted(p.name for p in root.glob("p*.png"))

@@ -18,9 +18,12 @@ from mtlue_cli.files import atomic_write
 from mtlue_cli.protect.outputs import PREDICTED
 
 
-def predict_missing(table: LabelTable, loaded: Any, data: DataConfig, on_event: OnEvent) -> tuple[LabelTable, list[str]]:
+def predict_missing(table: LabelTable, loaded: Any, data: DataConfig,
+                    on_event: OnEvent) -> tuple[LabelTable, list[str], set[str]]:
     """`table` with the generator's tasks it lacks predicted by the generator's labeller (appended as tasks in the
-    generator's vocabulary), and the names of those tasks; `table` unchanged when nothing is to be predicted."""
+    generator's vocabulary), the names of those tasks and the paths of the images predicted; `table` unchanged when
+    nothing is to be predicted. An image that cannot be decoded gets no guess: class 0 in `table` (protect fails on
+    it again and reports it), and no row in predicted_labels.csv."""
     import torch
 
     from mtlue_cli.data.dataset import load_dataset
@@ -33,13 +36,13 @@ def predict_missing(table: LabelTable, loaded: Any, data: DataConfig, on_event: 
             raise DatasetError(f"{table.root}: these images have no labels, and the generator {loaded.spec!r} has no "
                                "labeller to predict its tasks: pass --labels, or fit a generator on the images "
                                "(`mtlue fit` clusters unlabelled images into pseudo-labels)")
-        return table, []
+        return table, [], set()
     names = [t for t in missing if labeller.tasks.get(t) == list(tasks[t])]
     if len(names) < len(missing):  # a labeller of other classes is no use for these tasks: said, not hidden
         log(on_event, f"the generator's labeller does not predict {', '.join(t for t in missing if t not in names)} "
             "in the generator's classes; those tasks cannot be predicted", "warning")
     if not names:
-        return table, []
+        return table, [], set()
     bare = dataclasses.replace(table, spec=TaskSpec((), ()), problems=[],
                                records=[dataclasses.replace(r, labels=(), maps=()) for r in table.records])
     # Decoded at the generator's working size, as fit decoded them: the same images get the same pseudo-labels.
@@ -47,7 +50,6 @@ def predict_missing(table: LabelTable, loaded: Any, data: DataConfig, on_event: 
                            on_event, table=bare)
     columns = [list(labeller.tasks).index(t) for t in names]
     guessed = {r.path: row for r, row in zip(decoded.records, predict(labeller, decoded.images)[:, columns].tolist())}
-    # An image that cannot be decoded gets class 0 here; protect fails on it again and reports it.
     records = []
     for r in table.records:
         extra = tuple(guessed.get(r.path, [0] * len(names)))
@@ -61,19 +63,20 @@ def predict_missing(table: LabelTable, loaded: Any, data: DataConfig, on_event: 
     log(on_event, f"predicted {', '.join(names)} for {len(guessed)} image(s) with the generator's "
         f"{labeller.kind} labeller (" + "; ".join(f"{t}: " + ", ".join(f"{c} {n}" for c, n in zip(tasks[t], counts[t]) if n)
                                                   for t in names) + f"); recorded in {PREDICTED}", "warning")
-    return dataclasses.replace(table, spec=spec, records=records), names
+    return dataclasses.replace(table, spec=spec, records=records), names, set(guessed)
 
 
-def write_predicted(out: Path, table: LabelTable, names: list[str]) -> None:
-    """OUT/predicted_labels.csv: each original's path (relative to the originals' folder), then its predicted
-    class per predicted task."""
+def write_predicted(out: Path, table: LabelTable, names: list[str], guessed: set[str]) -> None:
+    """OUT/predicted_labels.csv: each predicted original's path (relative to the originals' folder; those in
+    `guessed`), then its predicted class per predicted task."""
     columns = [table.spec.names.index(t) for t in names]
 
     def write(tmp: Path) -> None:
         with tmp.open("w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(["path", *names])
-            writer.writerows([r.path, *(table.spec.classes[k][r.labels[k]] for k in columns)] for r in table.records)
+            writer.writerows([r.path, *(table.spec.classes[k][r.labels[k]] for k in columns)] for r in table.records
+                             if r.path in guessed)
 
     atomic_write(out / PREDICTED, write)
 

@@ -147,9 +147,9 @@ def protect_dataset(loaded: LoadedGenerator, data: DataConfig, out: Path, cfg: P
     dist = dist.patient()  # a rank that finishes its share early may wait long for the others
     model = loaded.model.to(device).eval()
     tasks, size, epsilon = model.tasks, model.image_size, float(model.epsilon)
-    table, predicted = read_labels(data), []
+    table, predicted, guessed = read_labels(data), [], set()
     if cfg.predict_labels:  # tasks the labels lack, from the generator's labeller (issue 30)
-        table, predicted = predict_missing(table, loaded, data, on_event)
+        table, predicted, guessed = predict_missing(table, loaded, data, on_event)
     dense = maps.dense_tasks(table.spec, table.layout, tasks, model.task_kinds)
     remap, missing = _label_remap(table, tasks)
     protected_tasks = [t for t in tasks if t not in missing and t not in model.unprotected]
@@ -224,7 +224,7 @@ def protect_dataset(loaded: LoadedGenerator, data: DataConfig, out: Path, cfg: P
             for r in sorted((r for r in records if r.path in ok), key=lambda r: r.path)])
         maps.write_id2label(out, dense)
         if predicted:
-            write_predicted(out, table, predicted)
+            write_predicted(out, table, predicted, guessed)
     preview = None
     if dist.is_main and cfg.preview and done:
         shown = [r for r in records if r.path in ok][:cfg.preview]  # done's order

@@ -95,7 +95,11 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
         raise DatasetError("the clean test split is empty; raise --test-split or pass --test")
     spec = clean_all.spec
     if outputs.read_run(protected).predicted_tasks:  # the generator's guesses are not the attacker's labels (issue 30)
+        before = len(prot_set)
         prot_set = labelled_as_originals(prot_set, clean_all, sources)
+        if len(prot_set) < before:  # reported, never silently dropped
+            notes.append(f"{before - len(prot_set)} protected image(s) left out of the victims' training: their "
+                         f"originals have no row in the true labels ({clean.labels})")
     prot_set = dense.align(prot_set, spec)
     dense.check_maps(prot_set, clean_train, sources)
     prot_labels = prot_set.labels
