@@ -221,6 +221,10 @@ def test_cli_inspect_fit_protect_without_labels(tmp_path, make_image):
     shown = runner.invoke(app, ["inspect", str(root), "--clusters", "2,3", "--sheet", str(tmp_path / "sheet.png")])
     assert shown.exit_code == 0, shown.output
     assert "cluster_k2: members per cluster c0 8, c1 8" in shown.output and (tmp_path / "sheet.png").stat().st_size > 0
+    small = runner.invoke(app, ["inspect", str(root)])  # 16 photos cannot fill fit's default 10 clusters
+    assert small.exit_code == 0, small.output
+    assert "cluster_k5: members per cluster" in small.output and "cluster_k10" not in small.output
+    assert "too few for 10 clusters" in " ".join(small.output.split()), small.output
     as_json = json.loads(runner.invoke(app, ["inspect", str(root), "--clusters", "2", "--json"]).output)
     assert as_json["layout"] == "unlabelled" and as_json["clusters"]["counts"] == {"cluster_k2": [8, 8]}
     bad = runner.invoke(app, ["fit", str(root), "--clusters", "2,x", "-o", str(tmp_path / "g")])

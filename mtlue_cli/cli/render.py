@@ -161,8 +161,11 @@ def render_clusters(preview: Any) -> None:
                   f"{preview.size} px; the clusters of the images left out by protect's holdout may differ a little)")
     for name, counts in preview.counts.items():
         console.print(f"  {name}: members per cluster " + ", ".join(f"c{j} {n}" for j, n in enumerate(counts)))
-    console.print(f"contact sheet: {preview.sheet}" if preview.sheet else
-                  "see each cluster's members: --sheet clusters.png")
+    if preview.note:
+        console.print(f"[yellow]note[/]: {preview.note}")
+    if preview.counts:
+        console.print(f"contact sheet: {preview.sheet}" if preview.sheet else
+                      "see each cluster's members: --sheet clusters.png")
     console.print(CLUSTER_CAVEAT)
 
 

@@ -24,24 +24,37 @@ class ClusterPreview:
     counts: dict[str, list[int]]  # pseudo-task -> members per cluster
     sheet: Path | None = None
     examples: dict[str, list[list[str]]] = field(default_factory=dict)  # pseudo-task -> per cluster, a few paths
+    note: str = ""  # the default clusters a small folder cannot fill, left out
 
 
 def preview_clusters(data: DataConfig, clusters: tuple[int, ...] | None = None, sheet: Path | None = None,
                      seed: int = 0, on_event: OnEvent | None = None) -> ClusterPreview:
     """Cluster `data` (read as unlabelled images) as `fit` would at its default working size, and write the
-    contact sheet to `sheet` when given. fit leaves protect's holdout out, so its clusters can differ a little."""
+    contact sheet to `sheet` when given. fit leaves protect's holdout out, so its clusters can differ a little.
+    Without `clusters`, fit's default ones that the folder is too small to fill (two images per cluster) are left
+    out, with a note; clusters asked for are clustered or refused, as fit would."""
     from mtlue_cli.fit import pseudo
 
     defaults = FitConfig()
-    size, clusters = defaults.image_size, clusters or defaults.clusters
+    size, given = defaults.image_size, clusters
+    clusters = clusters or defaults.clusters
     FitConfig(clusters=clusters)  # the same checks as fit's
     dataset = load_dataset(dataclasses.replace(data, layout="unlabelled", size=size), on_event)
+    note = ""
+    if not given and any(len(dataset) < 2 * k for k in clusters):
+        small = [k for k in clusters if len(dataset) < 2 * k]
+        clusters = tuple(k for k in clusters if k not in small)
+        note = f"{len(dataset)} images are too few for {', '.join(map(str, small))} clusters (two images per cluster)"
+        note += (f": not shown; fit needs --clusters {','.join(map(str, clusters))} here" if clusters else
+                 ": nothing to show; fit needs at least 4 images")
+        if not clusters:
+            return ClusterPreview(len(dataset), size, {}, note=note)
     labelled = pseudo.relabelled(dataset, pseudo.cluster_labeller(dataset.images, clusters, seed))
     examples = {}
     for k, name in enumerate(labelled.spec.names):
         members = [(labelled.labels[:, k] == j).nonzero().flatten()[:SHEET_MEMBERS] for j in range(len(labelled.spec.classes[k]))]
         examples[name] = [[labelled.records[i].path for i in m.tolist()] for m in members]
-    preview = ClusterPreview(len(labelled), size, pseudo.cluster_counts(labelled), examples=examples)
+    preview = ClusterPreview(len(labelled), size, pseudo.cluster_counts(labelled), examples=examples, note=note)
     if sheet is not None:
         preview.sheet = _write_sheet(labelled, Path(sheet))
     return preview
