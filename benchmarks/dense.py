@@ -88,15 +88,21 @@ def read_scenes(root: Path, size: int) -> MultiTaskImageDataset:
 
 
 def train_victim(train: MultiTaskImageDataset, images: torch.Tensor, test: MultiTaskImageDataset, epochs: int,
-                 batch: int, seed: int) -> dict[str, dict[str, float]]:
-    """A DenseMTLNet trained on `images` with `train`'s labels and maps; every score on the clean `test` scenes."""
+                 batch: int, seed: int, also: dict[str, torch.Tensor] | None = None) -> dict[str, dict[str, Any]]:
+    """A DenseMTLNet trained on `images` with `train`'s labels and maps; every score on the clean `test` scenes, and
+    under "also" the same victim's scores on each other set of `test`'s images (`also`: name -> images)."""
     kinds = train.spec.kinds
     gen = seed_everything(seed)
     trainer = ClassifierTrainer(build_model(kinds), kinds, milestones=(int(epochs * 0.6), int(epochs * 0.8)))
     size = train.size
     train_classifier(trainer, images, train, epochs=epochs, batch_size=batch, crop=size, gen=gen)
-    scores = score_tasks(trainer.model, test.images, test, kinds, size, torch.device("cpu"))
-    return dict(zip(train.spec.names, scores))
+    scores: dict[str, dict[str, Any]] = dict(zip(train.spec.names, score_tasks(
+        trainer.model, test.images, test, kinds, size, torch.device("cpu"))))
+    if also:
+        scores["also"] = {name: dict(zip(train.spec.names, score_tasks(trainer.model, x, test, kinds, size,
+                                                                       torch.device("cpu"))))
+                          for name, x in also.items()}
+    return scores
 
 
 def trivial(train: MultiTaskImageDataset, test: MultiTaskImageDataset) -> dict[str, dict[str, float]]:
@@ -162,6 +168,9 @@ def texture_code_images(data: MultiTaskImageDataset, epsilon: float = 8 / 255, t
     return ((data.images.float() / 255 + epsilon * code).clamp(0, 1) * 255).round().to(torch.uint8)
 
 
+CODES = {"code": label_code_images, "texture": texture_code_images}
+
+
 def ratios(scores: dict[str, dict[str, float]], clean: dict[str, dict[str, float]], base: dict[str, dict[str, float]],
            kinds: dict[str, Any]) -> dict[str, float | None]:
     return {t: protection_ratio(scores[t][k.primary], clean[t][k.primary], base[t][k.primary], k.higher_is_better)
@@ -198,6 +207,9 @@ def protection_markdown(runs: list[dict[str, Any]], kinds: dict[str, Any]) -> st
             rows.append(f"| protected, {defense} | " + " | ".join(
                 f"{scores[t][k.primary]:.3f} (ratio {'n/a' if r[t] is None else f'{r[t]:.2f}'})"
                 for t, k in kinds.items()) + " |")
+        for where, scores in run.get("learnt", {}).get("none", {}).items():
+            rows.append(f"| protected, none; scored on {where} | " + " | ".join(
+                f"{scores[t][k.primary]:.3f}" for t, k in kinds.items()) + " |")
         out.append("\n".join(rows))
     return "\n\n".join(out)
 
@@ -213,14 +225,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--fair", action="store_true", help="only the clean victim against the trivial predictors")
-    parser.add_argument("--methods", default="tap,em", help="comma list of em, tap, sep and code (no generator: a "
-                        "hand-made 8/255 label code)")
+    parser.add_argument("--methods", default="tap,em", help="comma list of em, tap, sep, and code or texture (no "
+                        "generator: a hand-made label code, flat colours or textures; code:16 at 16/255)")
     parser.add_argument("--fit", action="append", default=[], metavar="FIELD=VALUE", help="override a FitConfig field")
     parser.add_argument("--defenses", default="none,grayscale,jpeg10,bdr2")
     parser.add_argument("--keep", default=None, help="save the first method's generator to this folder")
     parser.add_argument("--design", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a SceneDesign field (a Python literal), e.g. noise=6 or 'radius=(0.2, 0.3)'")
     parser.add_argument("--no-write", action="store_true", help="print the result; leave RESULTS.md alone")
+    parser.add_argument("--section", default=None, help="the RESULTS.md section to write (default: dense-protection, "
+                        "or dense-codes when every method is a hand-made code)")
+    parser.add_argument("--title", default=None, help="its heading")
     args = parser.parse_args()
     import ast
 
@@ -249,7 +264,10 @@ def main() -> None:
         runs = [protection_run(method, args, train, test, clean, baseline, kinds) for method in args.methods.split(",")]
         (Path(args.work) / "protection.json").write_text(json.dumps(runs, indent=1, default=str))
         body = setup + ".\n\n" + protection_markdown(runs, kinds)
-        section, title = "dense-protection", "Dense tasks (issue 28): protection of the scene set"
+        codes = all(m.partition(":")[0] in CODES for m in args.methods.split(","))
+        section, title = (("dense-codes", "Dense tasks (issue 28): is any code keyed to the maps a shortcut?") if codes
+                          else ("dense-protection", "Dense tasks (issue 28): protection of the scene set"))
+        section, title = args.section or section, args.title or title
     print(body)
     if args.no_write:
         return
@@ -271,12 +289,17 @@ def protection_run(method: str, args: argparse.Namespace, train: MultiTaskImageD
     from mtlue_cli.models.persistence import load_generator
     from mtlue_cli.verify.defenses import parse_defense
 
-    if method == "code":  # no generator: the hand-made label code, the control of what any keyed δ could do
-        fields, fit_seconds, epochs, stop_reason = {}, 0.0, 0, "no generator: a hand-made label code"
-        protected = label_code_images(train)
-    elif method == "texture":
-        fields, fit_seconds, epochs, stop_reason = {}, 0.0, 0, "no generator: a hand-made texture code"
-        protected = texture_code_images(train)
+    also = None
+    name, _, budget = method.partition(":")  # code:16 = the hand-made code at 16/255
+    if name in CODES:  # no generator: a hand-made code of the maps, the control of what any keyed δ could do
+        eps = float(budget or 8) / 255
+        fields, fit_seconds, epochs = {"epsilon_255": eps * 255}, 0.0, 0
+        stop_reason = f"no generator: a hand-made {name} code at {eps * 255:g}/255"
+        protected = CODES[name](train, epsilon=eps)
+        grey = MultiTaskImageDataset(test.table, torch.full_like(test.images, 128), test.labels, test.records,
+                                     test.skipped, test.maps)
+        # Is the code learnt at all? The same victim on coded test scenes, and on the code alone on flat grey.
+        also = {"coded test scenes": CODES[name](test, epsilon=eps), "the code alone on grey": CODES[name](grey, epsilon=eps)}
     else:
         fields = {"method": method, "image_size": args.size, "stem": "cifar", "width": 32, "batch_size": 32,
                   "epochs": 30, "surrogate_epochs": args.epochs, "bound": "tanh", "robust": SQUEEZES, "device": "cpu",
@@ -292,9 +315,11 @@ def protection_run(method: str, args: argparse.Namespace, train: MultiTaskImageD
     for name in args.defenses.split(","):
         squeeze = parse_defense(name)
         images = protected if squeeze is None else squeeze(protected)
-        runs[name] = train_victim(train, images, test, args.epochs, args.batch, args.seed)
+        runs[name] = train_victim(train, images, test, args.epochs, args.batch, args.seed,
+                                  also if squeeze is None else None)
         print(method, name, json.dumps(runs[name]), flush=True)
-    return {"method": method, "fit": fields, "fit_seconds": fit_seconds, "epochs": epochs,
+    learnt = {d: runs[d].pop("also") for d in runs if "also" in runs[d]}
+    return {"method": method, "fit": fields, "learnt": learnt, "fit_seconds": fit_seconds, "epochs": epochs,
             "stop_reason": stop_reason, "max_delta_255": float(delta * 255), "clean": clean,
             "trivial": baseline, "protected": runs, "ratios": {d: ratios(s, clean, baseline, kinds) for d, s in runs.items()}}
 
