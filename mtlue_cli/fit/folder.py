@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from mtlue_cli.config import DataConfig, FitConfig, make_config
-from mtlue_cli.recipes import FIT_RECIPES
 from mtlue_cli.data.dataset import load_dataset
 from mtlue_cli.data.labels import LabelTable
 from mtlue_cli.errors import ConfigError, FileProblem
 from mtlue_cli.events import OnEvent, log, noop
+from mtlue_cli.recipes import FIT_RECIPES
 
 
 def default_recipe(device: str = "auto") -> str:
