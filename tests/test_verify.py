@@ -156,6 +156,14 @@ def test_the_verdict_fails_when_only_a_squeeze_breaks_it():
     assert judge(rows, threshold=25.0) == {}
 
 
+def test_an_informed_defence_that_breaks_it_gets_the_measured_note():
+    from mtlue_cli.verify.verdict import informed_note
+
+    assert informed_note({"grayscale": ["age"]}) is None
+    note = informed_note({"op": ["age"], "grayscale": ["age"], "ueraser-lite": ["sex"]})
+    assert note.startswith("op and ueraser-lite broke the protection") and "54.7%" in note
+
+
 def test_the_threshold_counts_from_a_uniform_guess_where_the_majority_class_scores_less():
     # 3 classes; the training majority class is rare in this test split (28%): a victim at 36% has learnt nothing a
     # guess (33.3%) would not give, so it counts as protected; at 39% it does not.
@@ -251,6 +259,8 @@ def test_profile_adaptive_defences_detect_and_plot(sets, tiny_victim, tmp_path):
     assert report.plot == str(tmp_path / "curves.png") and (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
     as_json = json.loads(json.dumps(report.to_dict()))
     assert as_json["profile"][1]["defense"] == "op" and "summary" in as_json["detect"]
+    broken = [d for d in ("op", "ueraser-lite") if d in report.broken_by]  # said with the figures when it happens
+    assert any(n.startswith(" and ".join(broken) + " broke") for n in report.notes) == bool(broken)
     cache = list((tmp_path / "mtlue-cache" / "verify").glob("*.json"))
     assert len(cache) == 3  # one clean-trained victim per defence
 

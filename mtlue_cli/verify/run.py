@@ -25,7 +25,7 @@ from mtlue_cli.files import write_text
 from mtlue_cli.protect import outputs
 from mtlue_cli.protect.predicted import labelled_as_originals
 from mtlue_cli.verify import dense
-from mtlue_cli.verify.verdict import DefenseProfile, TaskRow, VerifyReport, judge, mean_sd  # noqa: F401 (the public names)
+from mtlue_cli.verify.verdict import DefenseProfile, TaskRow, VerifyReport, informed_note, judge, mean_sd  # noqa: F401
 
 
 def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConfig | None = None,
@@ -236,6 +236,9 @@ def verify(clean: DataConfig, protected: Path, cfg: VerifyConfig, test: DataConf
     report = VerifyReport(rows, defenses, len(prot_set), len(test_set), outputs.quality(protected), recipe, cfg.threshold,
                           curves=curves, detect=detectability, notes=notes,
                           dense_threshold=cfg.dense_threshold if maps else None)
+    informed = informed_note(report.broken_by)
+    if informed:
+        report.notes.append(informed)
     if cfg.plot is not None and not plot_hint:
         from mtlue_cli.verify.plot import plot_curves
 
