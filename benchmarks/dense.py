@@ -114,17 +114,26 @@ def trivial(train: MultiTaskImageDataset, test: MultiTaskImageDataset) -> dict[s
 
 
 @torch.no_grad()
-def protect_images(generator: Any, data: MultiTaskImageDataset, batch: int = 64) -> torch.Tensor:
-    """x + G(x, y, maps) rounded to uint8, as protect writes it at the working size."""
+def protect_images(generator: Any, data: MultiTaskImageDataset, batch: int = 64,
+                   working: MultiTaskImageDataset | None = None) -> torch.Tensor:
+    """x + G(x, y, maps) rounded to uint8, as protect writes it: δ from `working` (the same scenes decoded at the
+    generator's working size; default `data` itself) upsampled bilinearly to `data`'s size and kept within ±ε."""
+    from mtlue_cli.data.images import upsample
+
     generator.eval()
+    working = working or data
+    eps = float(generator.epsilon)
     out = torch.empty_like(data.images)
     for start in range(0, len(data), batch):
         idx = list(range(start, min(start + batch, len(data))))
-        x = data.images[idx].float() / 255
-        targets = data.targets(idx)
-        maps = [t if m is not None else None for t, m in zip(targets, data.maps)]
-        delta = generator(x, data.labels[idx], maps=maps)
-        out[idx] = ((x + delta).clamp(0, 1) * 255).round().to(torch.uint8)
+        x = working.images[idx].float() / 255
+        targets = working.targets(idx)
+        maps = [t if m is not None else None for t, m in zip(targets, working.maps)]
+        delta = generator(x, working.labels[idx], maps=maps)
+        if working.size != data.size:
+            delta = torch.stack([torch.from_numpy(upsample(d.numpy(), data.size, data.size, eps)).float() / 255
+                                 for d in delta])
+        out[idx] = ((data.images[idx].float() / 255 + delta).clamp(0, 1) * 255).round().to(torch.uint8)
     return out
 
 
@@ -227,6 +236,8 @@ def main() -> None:
     parser.add_argument("--fair", action="store_true", help="only the clean victim against the trivial predictors")
     parser.add_argument("--methods", default="tap,em", help="comma list of em, tap, sep, and code or texture (no "
                         "generator: a hand-made label code, flat colours or textures; code:16 at 16/255)")
+    parser.add_argument("--generator", default=None, help="reuse this fitted generator instead of fitting one (its "
+                        "δ upsampled when the scenes are larger than its working size)")
     parser.add_argument("--fit", action="append", default=[], metavar="FIELD=VALUE", help="override a FitConfig field")
     parser.add_argument("--defenses", default="none,grayscale,jpeg10,bdr2")
     parser.add_argument("--keep", default=None, help="save the first method's generator to this folder")
@@ -300,6 +311,13 @@ def protection_run(method: str, args: argparse.Namespace, train: MultiTaskImageD
                                      test.skipped, test.maps)
         # Is the code learnt at all? The same victim on coded test scenes, and on the code alone on flat grey.
         also = {"coded test scenes": CODES[name](test, epsilon=eps), "the code alone on grey": CODES[name](grey, epsilon=eps)}
+    elif args.generator:  # a fitted generator, reused: δ at its working size, upsampled to the scenes' size
+        loaded = load_generator(args.generator).model
+        fields, fit_seconds, epochs = {"generator": args.generator, "epsilon_255": float(loaded.epsilon) * 255}, 0.0, 0
+        stop_reason = f"reused {args.generator} ({loaded.image_size} px)"
+        working = read_scenes(Path(args.work) / f"scenes-{args.size}-{args.seed}", loaded.image_size).subset(
+            list(range(args.train))) if loaded.image_size != args.size else None
+        protected = protect_images(loaded, train, working=working)
     else:
         fields = {"method": method, "image_size": args.size, "stem": "cifar", "width": 32, "batch_size": 32,
                   "epochs": 30, "surrogate_epochs": args.epochs, "bound": "tanh", "robust": SQUEEZES, "device": "cpu",
