@@ -99,5 +99,14 @@ def test_tap_dense_untargeted_pushes_every_map_away_from_the_truth(scenes):
 def test_fit_accepts_tap_dense(tmp_path, scenes):
     with pytest.raises(ConfigError, match="tap.dense"):
         quick(tap_dense="reflect")
-    fit_generator(scenes, quick(method="tap", tap_dense="untargeted", epochs=1), tmp_path / "gen")
+    events = []
+    fit_generator(scenes, quick(method="tap", tap_dense="untargeted", epochs=1), tmp_path / "gen",
+                  on_event=lambda kind, data: events.append(data))
     assert (tmp_path / "gen" / "config.json").is_file()
+    # at 8/255 fit says what the benchmark showed of label maps; at 16/255 it has nothing to add
+    warned = [e["message"] for e in events if e.get("level") == "warning" and "label maps" in e.get("message", "")]
+    assert len(warned) == 1 and warned[0].startswith("label maps (seg, depth, normals) at 8/255: below 16/255")
+    events.clear()
+    fit_generator(scenes, quick(method="em", epsilon=16 / 255, epochs=1), tmp_path / "gen16",
+                  on_event=lambda kind, data: events.append(data))
+    assert not any("label maps" in e.get("message", "") for e in events)

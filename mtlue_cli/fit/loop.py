@@ -39,6 +39,11 @@ from mtlue_cli.models.engine import (
 )
 from mtlue_cli.models.generator import PerturbationGenerator
 
+# What the benchmark scenes showed of the budget label maps need (issue 28; benchmarks/RESULTS.md, "Dense tasks").
+DENSE_EPSILON = 16 / 255
+DENSE_BUDGET_NOTE = ("below 16/255 no generator tried kept victims from learning the maps of the benchmark scenes "
+                     "(benchmarks/RESULTS.md, \"Dense tasks\"); at 16/255 (--preset high) a TAP generator did, with no "
+                     "defence and after grayscale and JPEG-10, at twice the visible change. Check with `mtlue verify`.")
 OP_IMAGES = 10_000  # the `op` squeeze refits its projection on at most this many of an epoch's x+δ (memory)
 
 
@@ -96,6 +101,9 @@ def fit_generator(dataset: MultiTaskImageDataset, cfg: FitConfig, out: Path, on_
     n = len(ctx.images)
     log(on_event, f"{cfg.method.upper()} on {n} images at {cfg.image_size} px, device {device}"
         + (f", {dist.world} processes" if dist.enabled else ""))
+    maps = [name for name, kind in zip(dataset.spec.names, dataset.spec.kinds) if kind.dense]
+    if maps and cfg.epsilon < DENSE_EPSILON:
+        log(on_event, f"label maps ({', '.join(maps)}) at {cfg.epsilon * 255:.3g}/255: {DENSE_BUDGET_NOTE}", "warning")
 
     surrogates = method.surrogates(ctx, cfg, out / "checkpoint" / "surrogate.pt")
     generator = _build_generator(dataset, cfg, method, len(surrogates.attacked)).to(device)
