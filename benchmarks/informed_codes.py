@@ -34,12 +34,15 @@ sys.path.insert(0, str(HERE))
 from strength import UTK, _epoch_log, informed, machine, victim_seeds, write_section  # noqa: E402
 
 
-def codes(num_classes: list[int], tile: int, seed: int) -> list[Any]:
-    """One (C_k, tile, tile) ±1 texture per class of each task."""
+def codes(num_classes: list[int], tile: int, seed: int, cell: int = 1) -> list[Any]:
+    """One (C_k, tile, tile) ±1 texture per class of each task, drawn on a grid of `cell`-px squares (1: per
+    pixel; larger: a smoother, lower-frequency texture that a strided stem does not average away)."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, 2, (c, tile, tile), generator=gen).float() * 2 - 1 for c in num_classes]
+    side = -(-tile // cell)
+    return [(torch.randint(0, 2, (c, side, side), generator=gen).float() * 2 - 1)
+            .repeat_interleave(cell, 1).repeat_interleave(cell, 2)[:, :tile, :tile] for c in num_classes]
 
 
 def delta64(tiles: list[Any], labels: list[int], offsets: list[tuple[int, int]], size: int = 64,
@@ -66,7 +69,7 @@ def write_protected(data: Any, table: Any, test: set[str], out: Path, variant: s
 
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    tiles = codes(table.spec.num_classes, args.tile, args.seed)
+    tiles = codes(table.spec.num_classes, args.tile, args.seed, args.cell)
     gen = torch.Generator().manual_seed(args.seed + 1)
     eps = args.epsilon / 255
     manifest, rows, linf = [], [], 0
@@ -99,6 +102,7 @@ def main() -> None:
     parser.add_argument("--data", default=str(UTK))
     parser.add_argument("--variants", default="fixed,shifted")
     parser.add_argument("--tile", type=int, default=8, help="texture period at 64 px")
+    parser.add_argument("--cell", type=int, default=1, help="±1 squares of this many px at 64 px (1: per pixel)")
     parser.add_argument("--epsilon", type=float, default=8.0, help="L-inf budget in /255")
     parser.add_argument("--weights", type=lambda t: [float(v) for v in t.split(",")], default=None,
                         help="each task's share of ε, e.g. 0,0,1: all of it for the third task (default: equal)")
@@ -140,7 +144,8 @@ def main() -> None:
                             batch_size=128, time_budget=None, seeds=len(args.victim_seeds),
                             victim_seed=args.victim_seeds[0], detect=True)
         rep = verify(dataclasses.replace(data, size=64), folder, vcfg, on_event=_epoch_log(variant)).to_dict()
-        tag = "" if not args.weights else "-w" + ":".join(f"{w:g}" for w in args.weights)
+        tag = ("" if not args.weights else "-w" + ":".join(f"{w:g}" for w in args.weights)) + (
+            f"-t{args.tile}c{args.cell}" if args.cell > 1 else "")
         record["results"].append({"name": f"code-{variant}{tag}", "protect": written, "verify": {"64": rep},
                                   "fit": {"epochs_run": 0, "seconds": 0}})
         out = Path(args.out or HERE / "_work" / "informed-codes.json")
