@@ -184,6 +184,7 @@ class FitConfig:
     width: int = 64  # generator encoder width (§2.1: 64); 32 is ~3x faster on a CPU but weaker (RESULTS.md)
     decorrelate: str = "none"  # DECORRELATIONS; none = the paper (§2.3: δ = bound(D(.)) as decoded)
     colour: str = "rgb"  # COLOURS; rgb = the paper (§2.3)
+    class_mean: float = 0.0  # weight of losses.class_mean_penalty (issue 29, OP); 0 = the paper (§4.1)
     robust: tuple[str, ...] = ()  # squeezes drawn per batch in the generator loop (SQUEEZES); () = the paper
     robust_surrogate: bool = False  # TAP/SEP surrogate trained on the same squeezes (needs `robust`)
     # With robust_surrogate: unsqueezed batches attack the clean surrogate, squeezed ones the squeeze-trained one.
@@ -210,7 +211,7 @@ class FitConfig:
         _milestones("milestones", self.milestones)
         _milestones("surrogate_milestones", self.surrogate_milestones)
         _number("lr", self.lr, 0, low_open=True)
-        for name in ("weight_decay", "lambda_intra", "lambda_inter"):
+        for name in ("weight_decay", "lambda_intra", "lambda_inter", "class_mean"):
             _number(name, getattr(self, name), 0)
         _number("stop_error", self.stop_error, 0, 1, optional=True)
         _number("stop_acc", self.stop_acc, 0, 1, optional=True)

@@ -191,6 +191,25 @@ def test_informed_options_fit_save_and_reload(tmp_path):
     assert torch.equal(delta[:, 0], delta[:, 2]) and delta.abs().max() <= 8 / 255
 
 
+def test_class_mean_penalty_is_added_over_the_class_tasks(monkeypatch, tmp_path):
+    import mtlue_cli.fit.loop as loop_module
+
+    seen = []
+    real = loop_module.class_mean_penalty
+
+    def spy(delta, labels, num_classes, epsilon):
+        seen.append((tuple(delta.shape), labels.shape[1], list(num_classes), epsilon))
+        return real(delta, labels, num_classes, epsilon)
+
+    monkeypatch.setattr(loop_module, "class_mean_penalty", spy)
+    fit_generator(tiny_dataset(), quick(method="tap", epochs=1), tmp_path / "off")
+    assert seen == []  # the paper's loss by default (class_mean=0)
+    fit_generator(tiny_dataset(), quick(method="tap", epochs=1, class_mean=10.0), tmp_path / "on")
+    assert seen and seen[0][1:] == (2, [3, 2], 8 / 255) and seen[0][0][1:] == (3, 16, 16)
+    with pytest.raises(ConfigError):
+        quick(class_mean=-1.0)
+
+
 def test_op_squeeze_is_refitted_each_epoch_and_passes_gradient(monkeypatch, tmp_path):
     import mtlue_cli.fit.projection as projection_module
     from mtlue_cli.fit.squeezes import random_squeeze

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from mtlue_cli.fit.losses import (
+    class_mean_penalty,
     em_loss,
     embedding_regulariser,
     inter_task_er,
@@ -123,3 +124,19 @@ def test_embedding_regulariser_weights_and_gradient() -> None:
     assert a.grad is not None and a.grad.abs().sum() > 0 and b.grad is not None
     paper = embedding_regulariser([a, b], lambda_intra=1.0, lambda_inter=0.0, form="paper")
     assert paper.item() == pytest.approx(intra_task_er([a, b], form="paper").item())
+
+
+def test_class_mean_penalty_measures_the_class_wise_part_of_delta() -> None:
+    eps = 8 / 255
+    y = torch.tensor([[0, 1], [0, 0], [1, 1], [1, 0]])
+    classwise = torch.stack([torch.full((3, 4, 4), eps if a == 0 else -eps) for a in y[:, 0].tolist()])
+    assert class_mean_penalty(classwise, y[:, :1], [2], eps).item() == pytest.approx(1.0)
+    assert class_mean_penalty(classwise, y[:, 1:], [2], eps).item() == pytest.approx(0.0)  # task 2 sees no mean
+    assert class_mean_penalty(classwise, y, [2, 2], eps).item() == pytest.approx(0.5)  # the mean over tasks
+    # per-sample noise with no class mean costs nothing; what it adds to a class-wise δ is not penalised
+    noise = torch.randn(4, 3, 4, 4) * eps
+    noise = noise - noise[[0, 0, 2, 2]].add(noise[[1, 1, 3, 3]]).div(2)  # each task-1 class averages to zero
+    assert class_mean_penalty(noise, y[:, :1], [2], eps).item() == pytest.approx(0.0, abs=1e-9)
+    delta = (classwise * 0.5).requires_grad_()
+    class_mean_penalty(delta, y[:, :1], [2], eps).backward()
+    assert delta.grad is not None and (delta.grad * classwise).sum() > 0  # the gradient grows the class mean

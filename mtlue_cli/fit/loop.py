@@ -23,11 +23,12 @@ from mtlue_cli.config import FitConfig, default_crop, milestones
 from mtlue_cli.data.dataset import MultiTaskImageDataset
 from mtlue_cli.errors import ConfigError, Interrupted
 from mtlue_cli.events import OnEvent, log, noop
-from mtlue_cli.fit.losses import embedding_regulariser, sep_loss
+from mtlue_cli.fit.losses import class_mean_penalty, embedding_regulariser, sep_loss
 from mtlue_cli.fit.methods import METHODS, Method, Regulariser, binary_mode, tap_kinds, true_labels
 from mtlue_cli.fit.squeezes import random_squeeze
 from mtlue_cli.fit.surrogate import FitContext, Surrogates, accuracy_on_perturbed, augment_batch, perturbed
 from mtlue_cli.models.classifiers import Targets
+from mtlue_cli.models.embedding import label_columns
 from mtlue_cli.models.engine import (
     ClassifierTrainer,
     Dist,
@@ -126,7 +127,7 @@ def fit_generator(dataset: MultiTaskImageDataset, cfg: FitConfig, out: Path, on_
                      functools.partial(embedding_regulariser, lambda_intra=cfg.lambda_intra,
                                        lambda_inter=cfg.lambda_inter, form=cfg.intra_form),
                      method.regulariser_scale(len(surrogates.attacked), cfg.sep_recompute),
-                     recompute=method.ensemble and cfg.sep_recompute)
+                     recompute=method.ensemble and cfg.sep_recompute, class_mean=cfg.class_mean)
     em_batches = _cycle(lambda: batch_indices(n, cfg.batch_size, True, ctx.gen, dist=dist))
     final_error, epoch, stopped, stop_reason = 1.0, start_epoch, False, "epoch cap"
     steps = max(1, -(-len(dist.shard(torch.arange(n))) // cfg.batch_size))
@@ -275,6 +276,7 @@ class _Attack:
     recompute: bool  # SEP the official way: δ regenerated per checkpoint (sep_recompute, §11)
     projection: Any = None  # the `op` squeeze's projection.Projection, refitted after every epoch
     seen: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # this epoch's uint8 x+δ and labels
+    class_mean: float = 0.0  # weight of the class-mean penalty on δ (FitConfig.class_mean, issue 29)
 
     def backward(self, ctx: FitContext, g_module: nn.Module, generator: PerturbationGenerator, x: torch.Tensor,
                  y: torch.Tensor, targets: Targets) -> torch.Tensor:
@@ -287,14 +289,23 @@ class _Attack:
         xp = perturbed(x, y, g_module, ctx.maps(targets))
         if "op" in self.robust and sum(len(i) for i, _ in self.seen) < OP_IMAGES:  # the attacker fits on released pixels
             self.seen.append(((xp.detach().float().cpu() * 255).round().to(torch.uint8), y.cpu()))
+        penalty = self.class_mean * _class_mean(generator, xp - x, y) if self.class_mean else 0.0
         xp = squeeze(xp)  # the images only: a squeeze leaves the label maps as they are
         if self.method.augment:
             xp, targets = augment_batch(ctx, xp, targets)
         logits = [[t.float() for t in s(xp)] for s in self.surrogates.for_squeeze(name)]
         loss = self.method.objective(logits, targets, self.kinds, self.binary_mode) + self.reg_scale * self.regulariser(
-            generator.embedding_weights())
+            generator.embedding_weights()) + penalty
         loss.backward()
         return loss
+
+
+def _class_mean(generator: PerturbationGenerator, delta: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """`losses.class_mean_penalty` over the generator's classification tasks (the columns of y they read)."""
+    names = [name for name in generator.tasks if name not in generator.task_kinds]
+    cols = label_columns(list(generator.tasks), generator.task_kinds, y, len(y))
+    return class_mean_penalty(delta, y[:, [cols[n] for n in names]], [len(generator.tasks[n]) for n in names],
+                              generator.epsilon)
 
 
 def _generator_epoch(ctx: FitContext, attack: _Attack, g_module: nn.Module, generator: PerturbationGenerator,

@@ -114,3 +114,19 @@ def embedding_regulariser(
 ) -> Tensor:
     """lambda_1 * L_intra + lambda_2 * L_inter with the paper's hard-coded weights 10 and 200 (§3.1)."""
     return lambda_intra * intra_task_er(embeddings, form) + lambda_inter * inter_task_er(embeddings)
+
+
+def class_mean_penalty(delta: Tensor, labels: Tensor, num_classes: Sequence[int], epsilon: float) -> Tensor:
+    """Issue 29 (1a): how much of δ (B, C, H, W) is its class's mean in pixel space, the part a per-class linear
+    classifier finds and orthogonal projection removes. For each task (a column of `labels` (B, K) with
+    `num_classes[k]` classes), the batch's per-class mean of δ/ε, squared and averaged over pixels, weighted by
+    the class's share of the batch; the mean over tasks. 0 when every class's δ averages to nothing; 1 when all of
+    δ is ±ε and the same for the whole class."""
+    flat = (delta / epsilon).flatten(1).float()
+    total = flat.new_zeros(())
+    for k, classes in enumerate(num_classes):
+        onehot = F.one_hot(labels[:, k].long(), classes).float()  # (B, C_k)
+        counts = onehot.sum(0)
+        means = (onehot.T @ flat) / counts.clamp(min=1)[:, None]  # (C_k, P)
+        total = total + (counts / len(flat) * means.pow(2).mean(1)).sum()
+    return total / max(len(num_classes), 1)
