@@ -93,14 +93,15 @@ def train_victim(train: MultiTaskImageDataset, images: torch.Tensor, test: Multi
     under "also" the same victim's scores on each other set of `test`'s images (`also`: name -> images)."""
     kinds = train.spec.kinds
     gen = seed_everything(seed)
-    trainer = ClassifierTrainer(build_model(kinds), kinds, milestones=(int(epochs * 0.6), int(epochs * 0.8)))
+    trainer = ClassifierTrainer(build_model(kinds), kinds, milestones=(int(epochs * 0.6), int(epochs * 0.8)),
+                                device=DEVICE)
     size = train.size
     train_classifier(trainer, images, train, epochs=epochs, batch_size=batch, crop=size, gen=gen)
     scores: dict[str, dict[str, Any]] = dict(zip(train.spec.names, score_tasks(
-        trainer.model, test.images, test, kinds, size, torch.device("cpu"))))
+        trainer.model, test.images, test, kinds, size, DEVICE)))
     if also:
         scores["also"] = {name: dict(zip(train.spec.names, score_tasks(trainer.model, x, test, kinds, size,
-                                                                       torch.device("cpu"))))
+                                                                       DEVICE)))
                           for name, x in also.items()}
     return scores
 
@@ -178,6 +179,7 @@ def texture_code_images(data: MultiTaskImageDataset, epsilon: float = 8 / 255, t
 
 
 CODES = {"code": label_code_images, "texture": texture_code_images}
+DEVICE = torch.device("cpu")  # --device
 
 
 def ratios(scores: dict[str, dict[str, float]], clean: dict[str, dict[str, float]], base: dict[str, dict[str, float]],
@@ -233,6 +235,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="where the generator and the victims train (cpu, cuda)")
     parser.add_argument("--fair", action="store_true", help="only the clean victim against the trivial predictors")
     parser.add_argument("--methods", default="tap,em", help="comma list of em, tap, sep, and code or texture (no "
                         "generator: a hand-made label code, flat colours or textures; code:16 at 16/255)")
@@ -248,6 +251,8 @@ def main() -> None:
                         "or dense-codes when every method is a hand-made code)")
     parser.add_argument("--title", default=None, help="its heading")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     import ast
 
     torch.set_num_threads(args.threads)
@@ -266,8 +271,8 @@ def main() -> None:
     victim_seconds = time.time() - started
     print("clean", json.dumps(clean), "trivial", json.dumps(baseline), flush=True)
     setup = (f"{args.train} training and {args.test} held-out scenes at {args.size} px (made in {made:.1f} s), "
-             f"victims trained {args.epochs} epochs, batch {args.batch}, {victim_seconds:.0f} s each on {args.threads} "
-             f"thread(s)" + (f"; design overrides {args.design}" if args.design else ""))
+             f"victims trained {args.epochs} epochs, batch {args.batch}, {victim_seconds:.0f} s each on "
+             + (f"{args.threads} CPU thread(s)" if DEVICE.type == "cpu" else str(DEVICE)) + (f"; design overrides {args.design}" if args.design else ""))
     if args.fair:
         body = setup + ".\n\n" + fair_markdown(clean, baseline)
         section, title = "dense", "Dense tasks (issue 28): the synthetic scene set"
@@ -320,7 +325,7 @@ def protection_run(method: str, args: argparse.Namespace, train: MultiTaskImageD
         protected = protect_images(loaded, train, working=working)
     else:
         fields = {"method": method, "image_size": args.size, "stem": "cifar", "width": 32, "batch_size": 32,
-                  "epochs": 30, "surrogate_epochs": args.epochs, "bound": "tanh", "robust": SQUEEZES, "device": "cpu",
+                  "epochs": 30, "surrogate_epochs": args.epochs, "bound": "tanh", "robust": SQUEEZES, "device": str(DEVICE),
                   "seed": args.seed}
         fields.update({k: ast.literal_eval(v) for k, v in (item.split("=", 1) for item in args.fit)})
         out = Path(args.keep) if args.keep and method == args.methods.split(",")[0] else Path(args.work) / f"gen-{method}"
